@@ -1,0 +1,48 @@
+SHELL := /bin/bash
+# uproxy — node-local Kubernetes service proxy.
+# `make test` is the project's test command (unit tests + integration bed).
+
+GO        ?= go
+GOFLAGS_T ?= -race -count=1
+PKGS_UNIT  = $(shell $(GO) list ./... | grep -v /integration)
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    = -s -w -X github.com/uproxy/uproxy/cmd/uproxy/version.Version=$(VERSION)
+
+.PHONY: all build test test-unit test-integration testbin lint bench demo fuzz clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/uproxy ./cmd/uproxy
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/echoserver ./integration/echoserver
+
+test: test-unit test-integration
+
+test-unit:
+	$(GO) vet ./...
+	$(GO) test $(GOFLAGS_T) $(PKGS_UNIT)
+	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS_UNIT)
+
+# The integration bed needs root, the control plane (make testbin) and the binary.
+test-integration: testbin build
+	mkdir -p bin
+	$(GO) test $(GOFLAGS_T) -timeout 45m -v ./integration/... 2>&1 | tee bin/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SUMMARY|panic)' ; exit $${PIPESTATUS[0]}
+
+testbin:
+	./integration/testbin/build.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+fuzz:
+	./scripts/fuzz.sh
+
+bench: testbin build
+	$(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./integration/bench/...
+
+demo: testbin build
+	$(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/
+
+clean:
+	rm -rf bin

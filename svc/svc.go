@@ -1,0 +1,100 @@
+// Package svc holds the small value types that describe what uproxy proxies:
+// service ports and their endpoints. watch/ produces them from API objects or
+// manifest files, proxy/ and iptables/ consume them. It imports nothing from
+// client-go on purpose, and holds no behaviour beyond comparison and naming.
+//
+// It is a leaf package so that proxy/, watch/ and iptables/ never import each
+// other for types.
+package svc
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Protocol is a service port's transport protocol.
+type Protocol string
+
+// Supported protocols. SCTP is not proxied (legacy userspace did not either).
+const (
+	TCP Protocol = "TCP"
+	UDP Protocol = "UDP"
+)
+
+// DefaultAffinityTimeout is the ClientIP affinity timeout used when a Service
+// does not set sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
+const DefaultAffinityTimeout = 10800 * time.Second
+
+// PortName identifies one port of one Service: namespace/name:port.
+type PortName struct {
+	Namespace string
+	Name      string
+	Port      string // the Service port's name; "" for a single unnamed port
+}
+
+// String renders the name as kube-proxy does: "ns/name:port", or "ns/name"
+// for an unnamed port.
+func (n PortName) String() string {
+	s := n.Namespace + "/" + n.Name
+	if n.Port != "" {
+		s += ":" + n.Port
+	}
+	return s
+}
+
+// Affinity is a service port's session affinity.
+type Affinity struct {
+	ClientIP bool          // sessionAffinity: ClientIP
+	Timeout  time.Duration // how long an idle client stays pinned; 0 means DefaultAffinityTimeout
+}
+
+// Port is the desired state of one service port on this node.
+type Port struct {
+	Name     PortName
+	Protocol Protocol
+	// ClusterIPs are the portal addresses (one per IP family the node runs).
+	ClusterIPs []netip.Addr
+	Port       uint16 // the service port on the portal addresses
+	NodePort   uint16 // 0 when the service has none
+
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr // status.loadBalancer.ingress[].ip
+
+	Affinity Affinity
+	// InternalLocal is internalTrafficPolicy: Local; watch/ has already
+	// filtered the endpoints, the flag is carried for display.
+	InternalLocal bool
+}
+
+// Equal reports whether two ports describe the same desired state.
+func (p Port) Equal(o Port) bool {
+	return p.Name == o.Name && p.Protocol == o.Protocol && p.Port == o.Port &&
+		p.NodePort == o.NodePort && p.Affinity == o.Affinity && p.InternalLocal == o.InternalLocal &&
+		slices.Equal(p.ClusterIPs, o.ClusterIPs) && slices.Equal(p.ExternalIPs, o.ExternalIPs) &&
+		slices.Equal(p.LoadBalancerIPs, o.LoadBalancerIPs)
+}
+
+// PortalAddrs returns every address the port is reachable on through a
+// portal rule: cluster IPs, external IPs and load-balancer IPs, in that order.
+func (p Port) PortalAddrs() []netip.Addr {
+	out := make([]netip.Addr, 0, len(p.ClusterIPs)+len(p.ExternalIPs)+len(p.LoadBalancerIPs))
+	out = append(out, p.ClusterIPs...)
+	out = append(out, p.ExternalIPs...)
+	return append(out, p.LoadBalancerIPs...)
+}
+
+// Endpoint is one backend of a service port, with its EndpointSlice
+// conditions (KEP-1669).
+type Endpoint struct {
+	Addr        netip.AddrPort
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+	PodName     string // targetRef name when it is a Pod; for display only
+}
+
+// String is "ip:port".
+func (e Endpoint) String() string { return e.Addr.String() }
