@@ -129,7 +129,8 @@ func parseFlags(args []string) (*options, error) {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil, errHelp
 		}
-		return nil, err
+		// pflag quotes user input verbatim; keep the reason on one line.
+		return nil, errors.New(strings.ReplaceAll(err.Error(), "\n", `\n`))
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (uproxy takes flags only)", fs.Arg(0))
