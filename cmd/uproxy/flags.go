@@ -12,6 +12,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
+
+	"github.com/uproxy/uproxy/proxy"
 )
 
 // Portal modes (--portal-mode).
@@ -35,7 +37,7 @@ type options struct {
 	Master             string
 	HostnameOverride   string
 	BindAddress        netip.Addr
-	ProxyPortRange     string // validated by proxy.ParsePortRange in validate
+	ProxyPortRange     proxy.PortRange
 	UDPTimeout         time.Duration
 	SyncPeriod         time.Duration // --iptables-sync-period
 	MinSyncPeriod      time.Duration // --iptables-min-sync-period
@@ -94,7 +96,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.StringVar(&raw.serviceProxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=<this> (lets uproxy run beside kube-proxy). Empty: handle Services without that label, as kube-proxy does.")
 	fs.StringVar(&raw.logLevel, "log-level", "", "Log level: trace, debug, info, warn, error. Overrides -v for uproxy's own logs. Per-connection events are logged at debug.")
 	fs.StringVar(&raw.logFormat, "log-format", logFormatJSON, "Log format: 'json' (one object per line) or 'console' (human readable).")
-	fs.IntVar(&raw.udpMaxSessions, "udp-max-sessions", 4096, "Maximum number of concurrent UDP sessions (client ip:port) per service port; datagrams from new clients beyond it are dropped and counted.")
+	fs.IntVar(&raw.udpMaxSessions, "udp-max-sessions", proxy.DefaultUDPMaxSessions, "Maximum number of concurrent UDP sessions (client ip:port) per service port; datagrams from new clients beyond it are dropped and counted.")
 	fs.DurationVar(&raw.shutdownGrace, "shutdown-grace", 20*time.Second, "On SIGTERM/SIGINT, how long established connections may drain before uproxy exits. Portal rules stay in place so a restarted uproxy takes its ports back.")
 	fs.BoolVar(&raw.disableEjection, "disable-ejection", false, "Do not eject failing endpoints (for measurements only).")
 	return fs
@@ -143,7 +145,6 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		Kubeconfig:       raw.kubeconfig,
 		Master:           raw.master,
 		HostnameOverride: strings.TrimSpace(raw.hostnameOverride),
-		ProxyPortRange:   raw.proxyPortRange,
 		UDPTimeout:       raw.udpTimeout,
 		SyncPeriod:       raw.syncPeriod,
 		MinSyncPeriod:    raw.minSyncPeriod,
@@ -165,8 +166,8 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		return nil, fmt.Errorf("invalid --bind-address %q: not an IP address", raw.bindAddress)
 	}
 	o.BindAddress = o.BindAddress.Unmap()
-	if err := checkPortRange(raw.proxyPortRange); err != nil {
-		return nil, fmt.Errorf("invalid --proxy-port-range %q: %w", raw.proxyPortRange, err)
+	if o.ProxyPortRange, err = proxy.ParsePortRange(raw.proxyPortRange); err != nil {
+		return nil, fmt.Errorf("invalid --proxy-port-range: %w", err)
 	}
 	switch {
 	case o.UDPTimeout <= 0:

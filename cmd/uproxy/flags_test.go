@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/uproxy/uproxy/proxy"
 )
 
 func TestParseFlagsDefaults(t *testing.T) {
@@ -54,6 +56,20 @@ func TestParseFlags(t *testing.T) {
 			check: func(o *options) bool { return o.BindAddress == netip.IPv6Unspecified() },
 		},
 		"bind address bad": {args: []string{"--bind-address", "nope"}, wantErr: "invalid --bind-address"},
+		"port range dash": {
+			args:  []string{"--proxy-port-range=30000-30099"},
+			check: func(o *options) bool { return o.ProxyPortRange == proxy.PortRange{Base: 30000, Size: 100} },
+		},
+		"port range plus": {
+			args:  []string{"--proxy-port-range", "30000+9"},
+			check: func(o *options) bool { return o.ProxyPortRange == proxy.PortRange{Base: 30000, Size: 10} },
+		},
+		"port range zero is kernel chosen": {
+			args:  []string{"--proxy-port-range=0-0"},
+			check: func(o *options) bool { return o.ProxyPortRange.Empty() },
+		},
+		"port range reversed": {args: []string{"--proxy-port-range=200-100"}, wantErr: "invalid --proxy-port-range: port range \"200-100\": last port 100 is below first port 200"},
+		"port range garbage":  {args: []string{"--proxy-port-range=abc"}, wantErr: "invalid --proxy-port-range"},
 		"udp timeout": {
 			args:  []string{"--udp-timeout", "2s"},
 			check: func(o *options) bool { return o.UDPTimeout == 2*time.Second },
