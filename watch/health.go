@@ -1,0 +1,21 @@
+package watch
+
+import "time"
+
+// Health is the sync loop's state for /healthz (kube-proxy's healthz server
+// answers 503 when QueuedSince is older than twice the sync period or the
+// node is being deleted).
+type Health struct {
+	// Synced is true once the source's initial state has been applied in
+	// full (first successful SyncPorts after the caches synced).
+	Synced bool
+	// LastUpdated is when the sink last applied a change (SyncPorts success
+	// or UpdateEndpoints).
+	LastUpdated time.Time
+	// QueuedSince is when the oldest change not yet applied was recorded,
+	// including a SyncPorts being retried and, before the first full sync,
+	// the time Run started. Zero when nothing is queued.
+	QueuedSince  time.Time
+	NodeDeleting bool
+	NodeName     string
+}

@@ -1,0 +1,344 @@
+package watch
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+// Runner is the one loop that applies the Tracker's changes to a svc.Sink:
+// endpoint changes at once through UpdateEndpoints, port changes through
+// SyncPorts at most every MinSyncPeriod, a full SyncPorts at least every
+// SyncPeriod, and a failed SyncPorts retried with exponential backoff
+// (from max(MinSyncPeriod, 1s), capped at SyncPeriod). Endpoints are always
+// handed to the sink before the SyncPorts that adds their port.
+type Runner struct {
+	t     *Tracker
+	sink  svc.Sink
+	opts  Options
+	log   zerolog.Logger
+	clock clock.Clock
+	m     *metrics
+
+	// The fields below are owned by the Run goroutine.
+	services    map[types.NamespacedName]*serviceInfo
+	slices      map[types.NamespacedName]*sliceInfo // by slice namespace/name
+	slicesBySvc map[types.NamespacedName]map[types.NamespacedName]struct{}
+	ports       map[types.NamespacedName][]svc.Port // filtered to fams
+	sent        map[types.NamespacedName]map[svc.PortName][]svc.Endpoint
+	fams        families
+	portList    []svc.Port                         // sorted full list; nil after a port change
+	dirty       map[types.NamespacedName]time.Time // ports changed since the last good SyncPorts
+	lastSyncEnd time.Time
+	failures    int
+	retryAt     time.Time
+
+	// mu guards health.
+	mu     sync.Mutex
+	health Health
+}
+
+// NewRunner returns a runner applying t's changes to sink. opts should be
+// the tracker's.
+func NewRunner(t *Tracker, sink svc.Sink, opts Options, log zerolog.Logger) *Runner {
+	return &Runner{
+		t:           t,
+		sink:        sink,
+		opts:        opts.withDefaults(),
+		log:         log.With().Str("component", "watch.runner").Logger(),
+		clock:       t.clock,
+		m:           newMetrics(t),
+		services:    make(map[types.NamespacedName]*serviceInfo),
+		slices:      make(map[types.NamespacedName]*sliceInfo),
+		slicesBySvc: make(map[types.NamespacedName]map[types.NamespacedName]struct{}),
+		ports:       make(map[types.NamespacedName][]svc.Port),
+		sent:        make(map[types.NamespacedName]map[svc.PortName][]svc.Endpoint),
+		dirty:       make(map[types.NamespacedName]time.Time),
+	}
+}
+
+// Collectors returns the runner's Prometheus collectors, for the caller to
+// register.
+func (r *Runner) Collectors() []prometheus.Collector { return r.m.collectors() }
+
+// Health returns the loop's state for /healthz. Safe for concurrent use.
+func (r *Runner) Health() Health {
+	r.mu.Lock()
+	h := r.health
+	r.mu.Unlock()
+	h.QueuedSince = earliest(h.QueuedSince, r.t.oldestPending())
+	n := r.t.Node()
+	h.NodeName, h.NodeDeleting = n.Name, n.Deleting
+	return h
+}
+
+// Run waits for the source's initial state, applies it in full, then
+// applies changes until ctx is cancelled. It returns nil on cancellation.
+// Call it once.
+func (r *Runner) Run(ctx context.Context) error {
+	r.updateHealth(func(h *Health) { h.QueuedSince = r.clock.Now() })
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-r.t.synced:
+	}
+	r.fams = effectiveFamilies(r.opts.Families, r.t.Node())
+	r.log.Info().Stringer("families", r.fams).Str("node", r.opts.NodeName).Msg("initial state received, first full sync")
+	r.pass(ctx, true)
+
+	timer := r.clock.NewTimer(r.nextDelay(r.clock.Now()))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.t.notify:
+		case <-timer.C():
+		}
+		r.pass(ctx, false)
+		timer.Stop()
+		timer.Reset(r.nextDelay(r.clock.Now()))
+	}
+}
+
+// pass applies what the tracker recorded and runs SyncPorts when due (or
+// when force is set).
+func (r *Runner) pass(ctx context.Context, force bool) {
+	start := r.clock.Now()
+	did := r.apply(r.t.checkout())
+	if force || r.syncDue(r.clock.Now()) {
+		r.syncPorts(ctx)
+		did = true
+	}
+	if did {
+		r.m.syncDuration.Observe(r.clock.Since(start).Seconds())
+	}
+}
+
+// apply merges changes into the runner's state and hands changed endpoint
+// sets to the sink. It reports whether it called the sink.
+func (r *Runner) apply(p pending) bool {
+	affected := make(map[types.NamespacedName]time.Time, len(p.services)+len(p.slices))
+	mark := func(nn types.NamespacedName, since time.Time) {
+		if old, ok := affected[nn]; ok {
+			since = earliest(old, since)
+		}
+		affected[nn] = since
+	}
+	if p.nodeChanged {
+		if f := effectiveFamilies(r.opts.Families, p.node); f != r.fams {
+			r.log.Info().Stringer("families", f).Stringer("was", r.fams).Msg("node IP families changed, recomputing all services")
+			r.fams = f
+			now := r.clock.Now()
+			for nn := range r.services {
+				mark(nn, now)
+			}
+		}
+	}
+	for nn, ch := range p.services {
+		if ch.current == nil {
+			delete(r.services, nn)
+		} else {
+			r.services[nn] = ch.current
+		}
+		mark(nn, ch.since)
+	}
+	for key, ch := range p.slices {
+		if old := r.slices[key]; old != nil {
+			delete(r.slicesBySvc[old.service], key)
+			if len(r.slicesBySvc[old.service]) == 0 {
+				delete(r.slicesBySvc, old.service)
+			}
+			mark(old.service, ch.since)
+		}
+		if ch.current == nil {
+			delete(r.slices, key)
+			continue
+		}
+		r.slices[key] = ch.current
+		if r.slicesBySvc[ch.current.service] == nil {
+			r.slicesBySvc[ch.current.service] = make(map[types.NamespacedName]struct{})
+		}
+		r.slicesBySvc[ch.current.service][key] = struct{}{}
+		mark(ch.current.service, ch.since)
+	}
+
+	updates := make(map[svc.PortName][]svc.Endpoint)
+	var epSince []time.Time
+	for nn, since := range affected {
+		ports := r.services[nn].forFamilies(r.fams)
+		portsChanged := !slices.EqualFunc(r.ports[nn], ports, svc.Port.Equal)
+		if portsChanged {
+			if len(ports) == 0 {
+				delete(r.ports, nn)
+			} else {
+				r.ports[nn] = ports
+			}
+			r.portList = nil
+			if old, ok := r.dirty[nn]; ok {
+				since = earliest(old, since)
+			}
+			r.dirty[nn] = since
+		}
+		eps := endpointsFor(ports, r.sortedSlices(nn), r.fams, r.opts.NodeName)
+		if diffEndpoints(r.sent[nn], eps, updates) && !portsChanged {
+			epSince = append(epSince, since)
+		}
+		if len(eps) == 0 {
+			delete(r.sent, nn)
+		} else {
+			r.sent[nn] = eps
+		}
+	}
+	if len(r.dirty) > 0 {
+		var oldest time.Time
+		for _, s := range r.dirty {
+			oldest = earliest(oldest, s)
+		}
+		r.updateHealth(func(h *Health) { h.QueuedSince = earliest(h.QueuedSince, oldest) })
+	}
+	if len(updates) == 0 {
+		return false
+	}
+	r.sink.UpdateEndpoints(updates)
+	now := r.clock.Now()
+	for _, s := range epSince {
+		r.m.programming.Observe(now.Sub(s).Seconds())
+	}
+	r.updateHealth(func(h *Health) { h.LastUpdated = now })
+	return true
+}
+
+// diffEndpoints adds to out the ports whose endpoints differ between sent
+// and cur (nil for ports that lost all endpoints) and reports whether any did.
+func diffEndpoints(sent, cur map[svc.PortName][]svc.Endpoint, out map[svc.PortName][]svc.Endpoint) bool {
+	changed := false
+	for pn, eps := range cur {
+		if !slices.Equal(sent[pn], eps) {
+			out[pn] = eps
+			changed = true
+		}
+	}
+	for pn := range sent {
+		if _, ok := cur[pn]; !ok {
+			out[pn] = nil
+			changed = true
+		}
+	}
+	return changed
+}
+
+// sortedSlices returns the slices of service nn, sorted by slice name.
+func (r *Runner) sortedSlices(nn types.NamespacedName) []*sliceInfo {
+	keys := r.slicesBySvc[nn]
+	if len(keys) == 0 {
+		return nil
+	}
+	sorted := slices.SortedFunc(maps.Keys(keys), func(a, b types.NamespacedName) int { return cmp.Compare(a.Name, b.Name) })
+	out := make([]*sliceInfo, len(sorted))
+	for i, k := range sorted {
+		out[i] = r.slices[k]
+	}
+	return out
+}
+
+// syncDue reports whether SyncPorts should run now.
+func (r *Runner) syncDue(now time.Time) bool {
+	if r.failures > 0 {
+		return !now.Before(r.retryAt)
+	}
+	since := now.Sub(r.lastSyncEnd)
+	return (len(r.dirty) > 0 && since >= r.opts.MinSyncPeriod) || since >= r.opts.SyncPeriod
+}
+
+// nextDelay is how long the loop may sleep before SyncPorts is due.
+func (r *Runner) nextDelay(now time.Time) time.Duration {
+	at := r.lastSyncEnd.Add(r.opts.SyncPeriod)
+	switch {
+	case r.failures > 0:
+		at = r.retryAt
+	case len(r.dirty) > 0:
+		at = r.lastSyncEnd.Add(r.opts.MinSyncPeriod)
+	}
+	return max(at.Sub(now), 0)
+}
+
+// backoff is the delay before retry number failures (1-based).
+func (r *Runner) backoff() time.Duration {
+	d := max(r.opts.MinSyncPeriod, time.Second)
+	for i := 1; i < r.failures && d < r.opts.SyncPeriod; i++ {
+		d *= 2
+	}
+	return min(d, r.opts.SyncPeriod)
+}
+
+// syncPorts hands the full port list to the sink.
+func (r *Runner) syncPorts(ctx context.Context) {
+	if r.portList == nil {
+		r.portList = r.buildPortList()
+	}
+	start := r.clock.Now()
+	err := r.sink.SyncPorts(ctx, r.portList)
+	end := r.clock.Now()
+	r.lastSyncEnd = end
+	r.m.syncFullDuration.Observe(end.Sub(start).Seconds())
+	if err != nil {
+		if ctx.Err() != nil {
+			return // shutting down; not a failure
+		}
+		r.failures++
+		r.retryAt = end.Add(r.backoff())
+		r.m.syncErrors.Inc()
+		r.log.Error().Err(err).Int("failures", r.failures).Time("retry_at", r.retryAt).Msg("sync of service ports failed")
+		r.updateHealth(func(h *Health) { h.QueuedSince = earliest(h.QueuedSince, start) })
+		return
+	}
+	if r.failures > 0 {
+		r.log.Info().Int("failures", r.failures).Msg("sync of service ports recovered")
+	}
+	r.failures = 0
+	for _, since := range r.dirty {
+		r.m.programming.Observe(end.Sub(since).Seconds())
+	}
+	clear(r.dirty)
+	r.m.lastSync.Set(float64(end.UnixNano()) / float64(time.Second))
+	r.updateHealth(func(h *Health) {
+		h.Synced = true
+		h.LastUpdated = end
+		h.QueuedSince = time.Time{}
+	})
+	r.log.Debug().Int("ports", len(r.portList)).Dur("took", end.Sub(start)).Msg("service ports synced")
+}
+
+// buildPortList returns every port, sorted by service then spec order. The
+// result is never modified afterwards (the sink may keep it).
+func (r *Runner) buildPortList() []svc.Port {
+	names := slices.SortedFunc(maps.Keys(r.ports), func(a, b types.NamespacedName) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	n := 0
+	for _, nn := range names {
+		n += len(r.ports[nn])
+	}
+	out := make([]svc.Port, 0, n)
+	for _, nn := range names {
+		out = append(out, r.ports[nn]...)
+	}
+	return out
+}
+
+func (r *Runner) updateHealth(f func(*Health)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.health)
+}
