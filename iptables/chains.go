@@ -1,0 +1,111 @@
+package iptables
+
+import "net/netip"
+
+// Chain names. We use legacy userspace kube-proxy's names on purpose: the rule
+// listing reads as people know it from the userspace mode, and --cleanup
+// removes what either of us left behind in one pass. uproxy and legacy
+// kube-proxy must not run on the same node at the same time anyway (both
+// would own these chains), exactly as two kube-proxies must not.
+const (
+	chainPortalsContainer  = "KUBE-PORTALS-CONTAINER"
+	chainPortalsHost       = "KUBE-PORTALS-HOST"
+	chainNodePortContainer = "KUBE-NODEPORT-CONTAINER"
+	chainNodePortHost      = "KUBE-NODEPORT-HOST"
+	chainNodePortNonLocal  = "KUBE-NODEPORT-NON-LOCAL"
+
+	tableNAT    = "nat"
+	tableFilter = "filter"
+)
+
+// ourChain describes one chain we own and the jump into it from a built-in
+// chain. jumpSpec is written exactly as iptables-save prints it (so that what
+// we read back compares equal to what we wrote).
+type ourChain struct {
+	table    string
+	name     string
+	builtin  string // chain holding the jump
+	jumpSpec string // rule spec of the jump, without "-A BUILTIN"
+	first    bool   // insert the jump at position 1 (else append)
+}
+
+// Jump comments are legacy kube-proxy's, word for word.
+const (
+	commentPortals  = `"handle ClusterIPs; NOTE: this must be before the NodePort rules"`
+	commentNodePort = `"handle service NodePorts; NOTE: this must be the last rule in the chain"`
+	commentNonLocal = `"Ensure that non-local NodePort traffic can flow"`
+)
+
+// ourChains lists our chains in the order they are written: nat first, then
+// filter (the order of the *table sections in the restore input).
+var ourChains = []ourChain{
+	{tableNAT, chainPortalsContainer, "PREROUTING", "-m comment --comment " + commentPortals + " -j " + chainPortalsContainer, true},
+	{tableNAT, chainPortalsHost, "OUTPUT", "-m comment --comment " + commentPortals + " -j " + chainPortalsHost, true},
+	{tableNAT, chainNodePortContainer, "PREROUTING", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortContainer, false},
+	{tableNAT, chainNodePortHost, "OUTPUT", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortHost, false},
+	{tableFilter, chainNodePortNonLocal, "INPUT", "-m comment --comment " + commentNonLocal + " -j " + chainNodePortNonLocal, true},
+}
+
+// isOurChain reports whether name is one of the five chains.
+func isOurChain(name string) bool {
+	for _, c := range ourChains {
+		if c.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// family is an IP family: each has its own binaries and rule set.
+type family int
+
+const (
+	v4 family = iota
+	v6
+)
+
+func (f family) String() string {
+	if f == v6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// restoreCmd, saveCmd and listCmd name the binaries of a family for a backend
+// suffix ("" = the system default, "-nft", "-legacy").
+func (f family) restoreCmd(suffix string) string {
+	if f == v6 {
+		return "ip6tables" + suffix + "-restore"
+	}
+	return "iptables" + suffix + "-restore"
+}
+
+func (f family) saveCmd(suffix string) string {
+	if f == v6 {
+		return "ip6tables" + suffix + "-save"
+	}
+	return "iptables" + suffix + "-save"
+}
+
+func (f family) listCmd(suffix string) string {
+	if f == v6 {
+		return "ip6tables" + suffix
+	}
+	return "iptables" + suffix
+}
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() || a.Is4In6() {
+		return v4
+	}
+	return v6
+}
+
+func (f family) bits() int {
+	if f == v6 {
+		return 128
+	}
+	return 32
+}
+
+var families = []family{v4, v6}

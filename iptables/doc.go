@@ -1,0 +1,44 @@
+// Package iptables programs uproxy's portal rules: the nat rules that steer
+// traffic for a service's ClusterIPs, ExternalIPs, LoadBalancer ingress IPs
+// and NodePort to the local listener the proxy opened for it. It implements
+// svc.PortalSyncer.
+//
+// # Layout
+//
+// The chains are the ones legacy userspace kube-proxy used, so that
+// `iptables -t nat -S` reads the same and one --cleanup removes both
+// (see chains.go):
+//
+//	nat    PREROUTING (first) -> KUBE-PORTALS-CONTAINER   traffic from pods/outside: REDIRECT (or DNAT to the bind IP)
+//	nat    OUTPUT     (first) -> KUBE-PORTALS-HOST        traffic from the node itself: DNAT to nodeIP:proxyPort
+//	nat    PREROUTING (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-CONTAINER
+//	nat    OUTPUT     (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-HOST
+//	filter INPUT      (first) -> KUBE-NODEPORT-NON-LOCAL  ACCEPT new connections to the proxy ports
+//
+// Every rule carries `-m comment --comment "ns/name:port"`; that comment is
+// how InstalledProxyPorts gives a restarted uproxy its proxy ports back.
+//
+// # How a sync writes
+//
+// SyncPortals gets the complete set of portals. It renders the desired rule
+// text per IP family and compares it with what it last wrote. Changes go out
+// as ONE `iptables-restore --noflush` per family (ip6tables-restore for IPv6):
+// chains that changed a lot are redeclared (flushed and rewritten atomically),
+// chains that changed a little get `-D`/`-A` lines, chains that did not change
+// are not mentioned; missing jumps from the built-in chains are added in the
+// same batch. Other tables' and chains' rules are never touched.
+//
+// A sync whose desired rules equal what we last wrote performs no write. It
+// performs one read, `iptables-save` per family, to notice rules or jumps that
+// someone else deleted or changed; only if the read differs does it write the
+// repair (counted in uproxy_iptables_repairs_total). So "execs nothing" holds
+// for writes; the tamper check is a read-only exec, by design. Syncs that do
+// change rules skip that read unless the last one is older than
+// Config.CheckPeriod, so tampering is repaired within one check period even
+// while services churn.
+//
+// What it does not do: it opens no sockets for the portals (proxy/ listens),
+// it never flushes rules at start-up (a restarted uproxy re-reads its proxy
+// ports first, see InstalledProxyPorts), and it never touches tables or
+// chains other than the five above and the jumps into them.
+package iptables

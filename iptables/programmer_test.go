@@ -1,0 +1,519 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+func testLog(t testing.TB) zerolog.Logger { return zerolog.New(zerolog.NewTestWriter(t)) }
+
+var (
+	nodeV4 = netip.MustParseAddr("10.0.0.1")
+	nodeV6 = netip.MustParseAddr("fd00::1")
+)
+
+func baseConfig() Config {
+	return Config{BindAddr: netip.IPv4Unspecified(), NodeIPs: []netip.Addr{nodeV4, nodeV6}}
+}
+
+func newTestProgrammer(t testing.TB, cfg Config) (*Programmer, *fakeRunner, *fakeConntrack) {
+	t.Helper()
+	r, ct := newFakeRunner(), &fakeConntrack{}
+	p, err := newProgrammer(cfg, testLog(t), r, ct, nowFunc())
+	if err != nil {
+		t.Fatalf("newProgrammer: %v", err)
+	}
+	return p, r, ct
+}
+
+// addrs parses a list of addresses.
+func addrs(ss ...string) []netip.Addr {
+	out := make([]netip.Addr, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParseAddr(s)
+	}
+	return out
+}
+
+// web is a TCP ClusterIP service port; options adjust it.
+func web(proxyPort uint16, opts ...func(*svc.Port)) svc.Portal {
+	p := svc.Port{
+		Name:       svc.PortName{Namespace: "default", Name: "web", Port: "http"},
+		Protocol:   svc.TCP,
+		ClusterIPs: addrs("10.96.0.10"),
+		Port:       80,
+	}
+	for _, o := range opts {
+		o(&p)
+	}
+	return svc.Portal{Port: p, ProxyPort: proxyPort}
+}
+
+const (
+	jumpPortalsPre  = `-A PREROUTING -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-CONTAINER`
+	jumpPortalsOut  = `-A OUTPUT -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-HOST`
+	jumpNodePortPre = `-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-CONTAINER`
+	jumpNodePortOut = `-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-HOST`
+	jumpNonLocal    = `-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL`
+)
+
+// ourLines returns the -A lines of our chains and jumps in a save dump.
+func ourLines(save string) []string {
+	var out []string
+	for _, l := range strings.Split(save, "\n") {
+		if !strings.HasPrefix(l, "-A ") {
+			continue
+		}
+		chain, spec, _ := strings.Cut(l[3:], " ")
+		if t, _ := jumpTarget(spec); isOurChain(chain) || isOurChain(t) {
+			out = append(out, l)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRuleKinds(t *testing.T) {
+	jumps := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal}
+	tests := map[string]struct {
+		cfg     func(*Config)
+		portals []svc.Portal
+		fam     family
+		want    []string // our rule lines besides the five jumps, any order
+	}{
+		"ClusterIP, bound to 0.0.0.0: REDIRECT for pods, DNAT to the node IP for the host": {
+			portals: []svc.Portal{web(30001)},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+		"ClusterIP, bound to a node IP: DNAT to it from pods and host": {
+			cfg:     func(c *Config) { c.BindAddr = netip.MustParseAddr("10.0.0.5") },
+			portals: []svc.Portal{web(30001)},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.5:30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.5:30001`,
+			},
+		},
+		"NodePort: container and host rules plus the filter ACCEPT on the proxy port": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.NodePort = 30080 })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"NodePort restricted by --nodeport-addresses": {
+			cfg:     func(c *Config) { c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("10.0.0.7/24")} },
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = nil; p.NodePort = 30080 })},
+			want: []string{
+				`-A KUBE-NODEPORT-CONTAINER -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"ExternalIP": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = nil; p.ExternalIPs = addrs("192.0.2.7") })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+		"LoadBalancer ingress IP, UDP": {
+			portals: []svc.Portal{web(30002, func(p *svc.Port) {
+				p.ClusterIPs, p.Protocol, p.Port = nil, svc.UDP, 53
+				p.LoadBalancerIPs = addrs("203.0.113.9")
+			})},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 203.0.113.9/32 -p udp -m comment --comment "default/web:http" -m udp --dport 53 -j REDIRECT --to-ports 30002`,
+				`-A KUBE-PORTALS-HOST -d 203.0.113.9/32 -p udp -m comment --comment "default/web:http" -m udp --dport 53 -j DNAT --to-destination 10.0.0.1:30002`,
+			},
+		},
+		"IPv6 ClusterIP with ip6tables, host DNAT to [nodeIP]:port": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = addrs("fd00:96::10"); p.NodePort = 30080 })},
+			fam:     v6,
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination [fd00::1]:30001`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination [fd00::1]:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"unnamed port: comment is ns/name": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.Name.Port = "" })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			cfg := baseConfig()
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			p, r, _ := newTestProgrammer(t, cfg)
+			if err := p.SyncPortals(context.Background(), tc.portals); err != nil {
+				t.Fatalf("SyncPortals: %v", err)
+			}
+			want := append(slices.Clone(jumps), tc.want...)
+			slices.Sort(want)
+			if got := ourLines(r.state[tc.fam].save()); !slices.Equal(got, want) {
+				t.Errorf("installed rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+func TestNoOpSyncWritesNothing(t *testing.T) {
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	ctx := context.Background()
+	portals := []svc.Portal{web(30001, func(p *svc.Port) { p.NodePort = 30080 })}
+	if err := p.SyncPortals(ctx, portals); err != nil {
+		t.Fatal(err)
+	}
+	// One restore per active family: IPv4, and IPv6 (the node has an IPv6
+	// IP, so its chains and jumps exist even before IPv6 portals do).
+	restores, saves := r.counts()
+	if restores != 2 {
+		t.Fatalf("first sync: %d restores, want 2", restores)
+	}
+	for i := range 3 {
+		if err := p.SyncPortals(ctx, slices.Clone(portals)); err != nil {
+			t.Fatal(err)
+		}
+		r2, s2 := r.counts()
+		if r2 != restores {
+			t.Fatalf("no-op sync %d wrote: %d restores, want %d; last input:\n%s", i, r2, restores, r.lastRestore())
+		}
+		// The one read-only tamper check per active family (IPv4 and,
+		// with an IPv6 node IP, IPv6).
+		if s2 != saves+2 {
+			t.Fatalf("no-op sync %d: %d saves, want %d", i, s2, saves+2)
+		}
+		saves = s2
+	}
+	if got := testutil.ToFloat64(p.m.repairs.WithLabelValues("ipv4")); got != 0 {
+		t.Errorf("repairs = %v after no-op syncs, want 0", got)
+	}
+}
+
+func TestAddAndDeleteService(t *testing.T) {
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	ctx := context.Background()
+	var portals []svc.Portal
+	for i := range 20 {
+		portals = append(portals, web(uint16(30000+i), func(p *svc.Port) {
+			p.Name.Name = "svc" + string(rune('a'+i))
+			p.ClusterIPs = addrs(netip.AddrFrom4([4]byte{10, 96, 1, byte(i)}).String())
+		}))
+	}
+	if err := p.SyncPortals(ctx, portals); err != nil {
+		t.Fatal(err)
+	}
+	// Adding one service patches the chains: no redeclaration (flush) of
+	// twenty services' rules, just two -A lines.
+	added := web(31000, func(p *svc.Port) { p.Name.Name = "new"; p.ClusterIPs = addrs("10.96.2.1") })
+	if err := p.SyncPortals(ctx, append(slices.Clone(portals), added)); err != nil {
+		t.Fatal(err)
+	}
+	in := r.lastRestore()
+	if strings.Contains(in, ":KUBE-") || strings.Count(in, "\n-A KUBE-PORTALS-") != 2 {
+		t.Errorf("adding one service wrote:\n%s", in)
+	}
+	// Deleting it removes exactly its rules.
+	if err := p.SyncPortals(ctx, portals); err != nil {
+		t.Fatal(err)
+	}
+	in = r.lastRestore()
+	if strings.Count(in, "\n-D KUBE-PORTALS-") != 2 || strings.Contains(in, "\n-A ") {
+		t.Errorf("deleting one service wrote:\n%s", in)
+	}
+	if save := r.state[v4].save(); strings.Contains(save, "default/new") {
+		t.Errorf("deleted service still installed:\n%s", save)
+	}
+	// Deleting everything empties the chains but keeps them and the jumps.
+	if err := p.SyncPortals(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{jumpNodePortOut, jumpNodePortPre, jumpNonLocal, jumpPortalsOut, jumpPortalsPre}
+	slices.Sort(want)
+	if got := ourLines(r.state[v4].save()); !slices.Equal(got, want) {
+		t.Errorf("after deleting all services:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestTamperingIsRepaired(t *testing.T) {
+	tests := map[string]struct {
+		tamper      func(t *fakeTables)
+		wantRepairs float64
+	}{
+		"jump from PREROUTING deleted": {
+			tamper: func(t *fakeTables) {
+				t.chains[tableNAT]["PREROUTING"] = slices.DeleteFunc(t.chains[tableNAT]["PREROUTING"],
+					func(s string) bool { return strings.HasSuffix(s, "-j "+chainPortalsContainer) })
+			},
+			wantRepairs: 1,
+		},
+		"chain flushed": {
+			tamper:      func(t *fakeTables) { t.chains[tableNAT][chainNodePortHost] = nil },
+			wantRepairs: 1,
+		},
+		"rule changed (proxy port)": {
+			tamper: func(t *fakeTables) {
+				r := t.chains[tableNAT][chainPortalsContainer]
+				r[0] = strings.Replace(r[0], "--to-ports 30001", "--to-ports 9", 1)
+			},
+			wantRepairs: 2, // one foreign rule removed, one restored
+		},
+		"foreign rule added to our chain": {
+			tamper: func(t *fakeTables) {
+				t.chains[tableFilter][chainNodePortNonLocal] = append(t.chains[tableFilter][chainNodePortNonLocal], "-p tcp -j ACCEPT")
+			},
+			wantRepairs: 1,
+		},
+		"duplicate jump inserted": {
+			tamper: func(t *fakeTables) {
+				t.chains[tableNAT]["OUTPUT"] = append(t.chains[tableNAT]["OUTPUT"], strings.TrimPrefix(jumpPortalsOut, "-A OUTPUT "))
+			},
+			wantRepairs: 1,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p, r, _ := newTestProgrammer(t, baseConfig())
+			ctx := context.Background()
+			portals := []svc.Portal{web(30001, func(p *svc.Port) { p.NodePort = 30080 })}
+			if err := p.SyncPortals(ctx, portals); err != nil {
+				t.Fatal(err)
+			}
+			want := ourLines(r.state[v4].save())
+			r.edit(v4, tc.tamper)
+			if slices.Equal(ourLines(r.state[v4].save()), want) {
+				t.Fatal("tampering changed nothing")
+			}
+			if err := p.SyncPortals(ctx, portals); err != nil {
+				t.Fatal(err)
+			}
+			if got := ourLines(r.state[v4].save()); !slices.Equal(got, want) {
+				t.Errorf("after repair:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if got := testutil.ToFloat64(p.m.repairs.WithLabelValues("ipv4")); got != tc.wantRepairs {
+				t.Errorf("repairs metric = %v, want %v", got, tc.wantRepairs)
+			}
+		})
+	}
+}
+
+func TestStaleModelRetriesWithFullRewrite(t *testing.T) {
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	ctx := context.Background()
+	var keep []svc.Portal
+	for i := range 4 {
+		keep = append(keep, web(uint16(30010+i), func(p *svc.Port) {
+			p.Name.Name = "keep" + string(rune('a'+i))
+			p.ClusterIPs = addrs(netip.AddrFrom4([4]byte{10, 96, 1, byte(i)}).String())
+		}))
+	}
+	b := web(30002, func(p *svc.Port) { p.Name.Name = "other"; p.ClusterIPs = addrs("10.96.0.11") })
+	if err := p.SyncPortals(ctx, append(slices.Clone(keep), b)); err != nil {
+		t.Fatal(err)
+	}
+	// Someone deletes b's rule; our next change wants to -D it, which fails
+	// the atomic batch. The Programmer must read back and rewrite.
+	r.edit(v4, func(t *fakeTables) {
+		t.chains[tableNAT][chainPortalsHost] = slices.DeleteFunc(t.chains[tableNAT][chainPortalsHost],
+			func(s string) bool { return strings.Contains(s, "default/other") })
+	})
+	if err := p.SyncPortals(ctx, keep); err != nil {
+		t.Fatalf("SyncPortals: %v", err)
+	}
+	if save := r.state[v4].save(); strings.Contains(save, "default/other") {
+		t.Errorf("b still installed:\n%s", save)
+	}
+	if got := testutil.ToFloat64(p.m.restores.WithLabelValues("ipv4", "failure")); got != 1 {
+		t.Errorf("failed restores = %v, want 1", got)
+	}
+}
+
+func TestRestoreFailure(t *testing.T) {
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	r.restoreErr = errors.New("iptables-restore --noflush: exit status 1: iptables-restore: unable to initialize table 'nat' (input line 1: \"*nat\")")
+	err := p.SyncPortals(context.Background(), []svc.Portal{web(30001)})
+	if err == nil || !strings.Contains(err.Error(), "iptables-restore") || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("err = %v, want the restore error with command and line", err)
+	}
+	if got := testutil.ToFloat64(p.m.syncFailures); got != 1 {
+		t.Errorf("sync failures = %v, want 1", got)
+	}
+	// The caller retries; once iptables works again the sync succeeds.
+	r.restoreErr = nil
+	if err := p.SyncPortals(context.Background(), []svc.Portal{web(30001)}); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !strings.Contains(r.state[v4].save(), "default/web:http") {
+		t.Error("rules missing after the retry")
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	tests := map[string]struct {
+		cfg     Config
+		detect4 error
+		want    string
+	}{
+		"loopback bind address": {
+			cfg:  Config{BindAddr: netip.MustParseAddr("127.0.0.1"), NodeIPs: []netip.Addr{nodeV4}},
+			want: "loopback",
+		},
+		"no node IP with 0.0.0.0": {
+			cfg:  Config{BindAddr: netip.IPv4Unspecified()},
+			want: "no node IP",
+		},
+		"iptables missing": {
+			cfg:     baseConfig(),
+			detect4: errors.New(`iptables: exec: "iptables": executable file not found in $PATH`),
+			want:    `"iptables": executable file not found`,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := newFakeRunner()
+			r.detectErr[v4] = tc.detect4
+			_, err := newProgrammer(tc.cfg, testLog(t), r, &fakeConntrack{}, nowFunc())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestIPv6ToolsMissing(t *testing.T) {
+	r := newFakeRunner()
+	r.detectErr[v6] = errors.New(`ip6tables: exec: "ip6tables": executable file not found in $PATH`)
+	p, err := newProgrammer(baseConfig(), testLog(t), r, &fakeConntrack{}, nowFunc())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dual := web(30001, func(p *svc.Port) { p.ClusterIPs = addrs("10.96.0.10", "fd00:96::10") })
+	err = p.SyncPortals(context.Background(), []svc.Portal{dual})
+	if err == nil || !strings.Contains(err.Error(), "ip6tables") {
+		t.Fatalf("err = %v, want one naming ip6tables", err)
+	}
+	if !strings.Contains(r.state[v4].save(), "10.96.0.10/32") {
+		t.Error("IPv4 rules not programmed although only ip6tables is missing")
+	}
+}
+
+func TestInstalledProxyPortsAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	portals := []svc.Portal{
+		web(30001, func(p *svc.Port) { p.NodePort = 30080 }),
+		web(30002, func(p *svc.Port) { p.Name.Port = ""; p.Name.Name = "dns"; p.Protocol = svc.UDP; p.ClusterIPs = addrs("fd00:96::53") }),
+	}
+	if err := p.SyncPortals(ctx, portals); err != nil {
+		t.Fatal(err)
+	}
+	// A new Programmer on the same "kernel" (a restarted uproxy).
+	p2, err := newProgrammer(baseConfig(), testLog(t), r, &fakeConntrack{}, nowFunc())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p2.InstalledProxyPorts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[svc.PortName]uint16{
+		{Namespace: "default", Name: "web", Port: "http"}: 30001,
+		{Namespace: "default", Name: "dns"}:               30002,
+	}
+	if len(got) != len(want) || got[portals[0].Port.Name] != 30001 || got[portals[1].Port.Name] != 30002 {
+		t.Fatalf("InstalledProxyPorts = %v, want %v", got, want)
+	}
+	before, _ := r.counts()
+	if err := p2.SyncPortals(ctx, portals); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := r.counts(); after != before {
+		t.Errorf("first sync after restart with the same ports wrote %d times:\n%s", after-before, r.lastRestore())
+	}
+}
+
+func TestUDPConntrackCleanup(t *testing.T) {
+	ctx := context.Background()
+	p, _, ct := newTestProgrammer(t, baseConfig())
+	dns := web(30053, func(p *svc.Port) {
+		p.Name.Name, p.Protocol, p.Port, p.NodePort = "dns", svc.UDP, 53, 30054
+	})
+	tcp := web(30001)
+	steps := []struct {
+		name    string
+		portals []svc.Portal
+		want    []string // flows deleted at this step
+	}{
+		{"first sync deletes nothing", []svc.Portal{dns, tcp}, nil},
+		{"same again deletes nothing", []svc.Portal{dns, tcp}, nil},
+		{"UDP proxy port changes", []svc.Portal{withProxyPort(dns, 30055), tcp}, []string{"*:30054/udp", "10.96.0.10:53/udp"}},
+		{"TCP service goes: nothing", []svc.Portal{withProxyPort(dns, 30055)}, nil},
+		{"UDP service goes", nil, []string{"*:30054/udp", "10.96.0.10:53/udp"}},
+	}
+	for _, s := range steps {
+		n := len(ct.calls)
+		if err := p.SyncPortals(ctx, s.portals); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		var got []string
+		for _, c := range ct.calls[n:] {
+			for _, f := range c {
+				got = append(got, f.String())
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, s.want) {
+			t.Errorf("%s: deleted %v, want %v", s.name, got, s.want)
+		}
+	}
+}
+
+func TestUDPConntrackFailureIsRetried(t *testing.T) {
+	ctx := context.Background()
+	p, _, ct := newTestProgrammer(t, baseConfig())
+	dns := web(30053, func(p *svc.Port) { p.Protocol, p.Port = svc.UDP, 53 })
+	if err := p.SyncPortals(ctx, []svc.Portal{dns}); err != nil {
+		t.Fatal(err)
+	}
+	ct.err = errors.New("netlink: operation not permitted")
+	if err := p.SyncPortals(ctx, nil); err != nil {
+		t.Fatalf("a conntrack failure must not fail the sync: %v", err)
+	}
+	ct.err = nil
+	if err := p.SyncPortals(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(ct.calls) != 2 || len(ct.calls[1]) != 1 {
+		t.Errorf("conntrack calls = %v, want the failed deletion retried once", ct.calls)
+	}
+	if got := testutil.ToFloat64(p.m.ctFailures); got != 1 {
+		t.Errorf("conntrack failures = %v, want 1", got)
+	}
+}
+
+func withProxyPort(p svc.Portal, port uint16) svc.Portal {
+	p.ProxyPort = port
+	return p
+}

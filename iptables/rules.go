@@ -1,0 +1,200 @@
+package iptables
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+// ruleSet is the content of our chains in one family: for each chain its
+// rule specs (what follows "-A CHAIN " in iptables-save), and for each chain
+// the specs of the rules in its built-in chain that jump to it.
+//
+// Desired sets hold each spec once; sets read back from the kernel may hold
+// duplicates (someone appended a copy), which the diff removes.
+type ruleSet struct {
+	rules  map[string][]string // our chain -> rule specs
+	exists map[string]bool     // our chain -> the chain exists
+	jumps  map[string][]string // our chain -> specs of jumps into it
+	// strays lists every rule outside our chains that jumps to one of
+	// them, from any chain (read back only; --cleanup removes them all).
+	strays []stray
+}
+
+// stray is a rule in a chain that is not ours jumping to one of ours.
+type stray struct{ table, from, spec string }
+
+func newRuleSet() ruleSet {
+	return ruleSet{rules: map[string][]string{}, exists: map[string]bool{}, jumps: map[string][]string{}}
+}
+
+// targets says where one family's portal traffic goes.
+type targets struct {
+	// redirect: traffic from pods and from outside is REDIRECTed to the proxy
+	// port (the proxy listens on the unspecified address); else it is
+	// DNATed to container:proxyPort.
+	redirect  bool
+	container netip.Addr // DNAT target for traffic from pods (!redirect); invalid = none
+	// host is the DNAT target for traffic from the node itself (REDIRECT of
+	// locally generated packets picks 127.0.0.1, and the replies break).
+	host netip.Addr // invalid = no host rules in this family
+	// nodePortDst restricts NodePort rules to these destinations; nil
+	// means every local address (the jump's -m addrtype --dst-type LOCAL).
+	nodePortDst []netip.Prefix
+	// noNodePorts: --nodeport-addresses names none of this family.
+	noNodePorts bool
+}
+
+// renderResult is a family's desired rules plus what could not be rendered.
+type renderResult struct {
+	set       ruleSet
+	conflicts []string // "chain spec-key" claimed twice; the first name (sorted) wins
+	ruleCount int
+}
+
+// render builds the desired rules of family f. Portals are sorted by name so
+// the output is deterministic and conflicts resolve the same way each time.
+func render(f family, t targets, portals []svc.Portal) renderResult {
+	sorted := slices.Clone(portals)
+	slices.SortFunc(sorted, func(a, b svc.Portal) int {
+		return cmp.Or(cmp.Compare(a.Port.Name.Namespace, b.Port.Name.Namespace),
+			cmp.Compare(a.Port.Name.Name, b.Port.Name.Name),
+			cmp.Compare(a.Port.Name.Port, b.Port.Name.Port),
+			cmp.Compare(a.Port.Protocol, b.Port.Protocol))
+	})
+	r := renderResult{set: newRuleSet()}
+	for _, c := range ourChains {
+		r.set.exists[c.name] = true
+		r.set.jumps[c.name] = []string{c.jumpSpec}
+	}
+	seen := map[string]bool{}
+	add := func(chain, key, spec string) {
+		k := chain + " " + key
+		if seen[k] {
+			r.conflicts = append(r.conflicts, k)
+			return
+		}
+		seen[k] = true
+		r.set.rules[chain] = append(r.set.rules[chain], spec)
+		r.ruleCount++
+	}
+	for _, p := range sorted {
+		proto := strings.ToLower(string(p.Port.Protocol))
+		if proto != "tcp" && proto != "udp" {
+			continue
+		}
+		comment := commentArg(p.Port.Name)
+		for _, a := range p.Port.PortalAddrs() {
+			a = a.Unmap()
+			if !a.IsValid() || familyOf(a) != f {
+				continue
+			}
+			dst := "-d " + a.String() + "/" + strconv.Itoa(f.bits())
+			key := dst + " " + proto + " " + strconv.Itoa(int(p.Port.Port))
+			if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+				add(chainPortalsContainer, key, match(dst, proto, comment, p.Port.Port)+tgt)
+			}
+			if t.host.IsValid() {
+				add(chainPortalsHost, key, match(dst, proto, comment, p.Port.Port)+dnat(t.host, p.ProxyPort))
+			}
+		}
+		if p.Port.NodePort == 0 || !hasFamily(p.Port, f) || t.noNodePorts {
+			continue
+		}
+		dsts := []string{""}
+		if t.nodePortDst != nil {
+			dsts = dsts[:0]
+			for _, pfx := range t.nodePortDst {
+				dsts = append(dsts, "-d "+pfx.Masked().String())
+			}
+		}
+		for _, dst := range dsts {
+			key := dst + " " + proto + " " + strconv.Itoa(int(p.Port.NodePort))
+			if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+				add(chainNodePortContainer, key, match(dst, proto, comment, p.Port.NodePort)+tgt)
+			}
+			if t.host.IsValid() {
+				add(chainNodePortHost, key, match(dst, proto, comment, p.Port.NodePort)+dnat(t.host, p.ProxyPort))
+			}
+		}
+		add(chainNodePortNonLocal, proto+" "+strconv.Itoa(int(p.ProxyPort)),
+			match("", proto, comment, p.ProxyPort)+" -m conntrack --ctstate NEW -j ACCEPT")
+	}
+	return r
+}
+
+// match renders the match part of a rule in iptables-save's order.
+func match(dst, proto, comment string, port uint16) string {
+	var b strings.Builder
+	if dst != "" {
+		b.WriteString(dst)
+		b.WriteByte(' ')
+	}
+	b.WriteString("-p " + proto + " -m comment --comment " + comment + " -m " + proto + " --dport ")
+	b.WriteString(strconv.Itoa(int(port)))
+	return b.String()
+}
+
+func dnat(to netip.Addr, port uint16) string {
+	return " -j DNAT --to-destination " + netip.AddrPortFrom(to, port).String()
+}
+
+// containerTarget is the jump of a rule for traffic from pods or from outside.
+func (t targets) containerTarget(proxyPort uint16) (string, bool) {
+	if t.redirect {
+		return " -j REDIRECT --to-ports " + strconv.Itoa(int(proxyPort)), true
+	}
+	if t.container.IsValid() {
+		return dnat(t.container, proxyPort), true
+	}
+	return "", false
+}
+
+// hasFamily reports whether the service has a ClusterIP of family f; a
+// service with none (not expected) gets NodePort rules in IPv4 only.
+func hasFamily(p svc.Port, f family) bool {
+	if len(p.ClusterIPs) == 0 {
+		return f == v4
+	}
+	for _, a := range p.ClusterIPs {
+		if familyOf(a.Unmap()) == f {
+			return true
+		}
+	}
+	return false
+}
+
+// targetsFor derives family f's targets from the configuration.
+func (c Config) targetsFor(f family) targets {
+	var t targets
+	bind := c.BindAddr.Unmap()
+	switch {
+	case !bind.IsValid() || bind.IsUnspecified():
+		t.redirect = true
+	case familyOf(bind) == f:
+		t.container = bind
+		t.host = bind
+	}
+	if !t.host.IsValid() && (t.redirect || t.container.IsValid()) {
+		for _, n := range c.NodeIPs {
+			if n = n.Unmap(); n.IsValid() && familyOf(n) == f {
+				t.host = n
+				break
+			}
+		}
+	}
+	if len(c.NodePortAddresses) > 0 {
+		t.nodePortDst = []netip.Prefix{}
+		for _, p := range c.NodePortAddresses {
+			if p.IsValid() && familyOf(p.Addr()) == f {
+				t.nodePortDst = append(t.nodePortDst, p)
+			}
+		}
+		t.noNodePorts = len(t.nodePortDst) == 0
+	}
+	return t
+}
