@@ -424,7 +424,12 @@ func TestInstalledProxyPortsAfterRestart(t *testing.T) {
 	p, r, _ := newTestProgrammer(t, baseConfig())
 	portals := []svc.Portal{
 		web(30001, func(p *svc.Port) { p.NodePort = 30080 }),
-		web(30002, func(p *svc.Port) { p.Name.Port = ""; p.Name.Name = "dns"; p.Protocol = svc.UDP; p.ClusterIPs = addrs("fd00:96::53") }),
+		web(30002, func(p *svc.Port) {
+			p.Name.Port = ""
+			p.Name.Name = "dns"
+			p.Protocol = svc.UDP
+			p.ClusterIPs = addrs("fd00:96::53")
+		}),
 	}
 	if err := p.SyncPortals(ctx, portals); err != nil {
 		t.Fatal(err)
