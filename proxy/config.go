@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+// PortalMode says how traffic reaches a service port's listener.
+type PortalMode string
+
+const (
+	// ModeIPTables listens on BindAddr:proxyPort, with the proxy port from the
+	// allocator; portal rules (svc.PortalSyncer) redirect the portal there.
+	ModeIPTables PortalMode = "iptables"
+	// ModeDirect listens on every portal IP:port itself (and BindAddr:NodePort
+	// for node ports). A portal IP that is not local is logged once and skipped.
+	ModeDirect PortalMode = "direct"
+)
+
+// Config is the data plane's configuration. The zero value of every field
+// means its default (see the field comments).
+type Config struct {
+	BindAddr  netip.Addr // listen address in iptables mode; invalid or unspecified: all addresses
+	PortRange PortRange  // proxy ports; empty: kernel-chosen
+	Mode      PortalMode // default ModeIPTables
+
+	UDPIdleTimeout   time.Duration // a UDP session ends after this long without traffic; default 250ms
+	UDPMaxSessions   int           // UDP sessions per service port; default 4096
+	TCPIdleTimeout   time.Duration // a TCP connection with no data either way is closed; default 1h
+	HalfCloseTimeout time.Duration // a half-closed TCP connection idle this long is closed; default 60s
+
+	DisableEjection bool // keep dial retries but never eject endpoints (to measure the feature)
+	ReusePort       bool // SO_REUSEPORT on listeners (overlapping instances, restarts)
+	// PreferredPorts are proxy ports a previous run used (read back from the
+	// installed rules); they are tried first.
+	PreferredPorts map[svc.PortName]uint16
+	NodeName       string // this node, to mark local endpoints in Snapshot
+
+	EjectBase time.Duration // first ejection; doubles per repeated ejection; default 1s
+	EjectMax  time.Duration // ejection cap; default 30s
+	// EarlyResetWindow: an endpoint that resets (or closes before sending a
+	// byte while the client is still sending) within this time after connect
+	// counts as failed; the connection is retried on another endpoint when the
+	// client's bytes so far fit the replay buffer. Default 100ms.
+	EarlyResetWindow time.Duration
+	ProbeTimeout     time.Duration // active TCP probe connect timeout; default 1s
+
+	DialTimeoutFloor    time.Duration // adaptive first-try dial timeout bounds; default 50ms
+	DialTimeoutCeiling  time.Duration // default 250ms
+	DialTimeoutMultiple int           // timeout = multiple × recent connect p99; default 3
+	// RetryTimeouts is the legacy ladder; its length bounds the tries per
+	// connection. Default 250ms, 500ms, 1s, 2s.
+	RetryTimeouts []time.Duration
+}
+
+// Defaults used when a Config field is zero.
+const (
+	DefaultUDPIdleTimeout   = 250 * time.Millisecond
+	DefaultUDPMaxSessions   = 4096
+	DefaultTCPIdleTimeout   = time.Hour
+	DefaultHalfCloseTimeout = 60 * time.Second
+	DefaultEjectBase        = time.Second
+	DefaultEjectMax         = 30 * time.Second
+	DefaultEarlyResetWindow = 100 * time.Millisecond
+	DefaultProbeTimeout     = time.Second
+)
+
+// DefaultRetryTimeouts is legacy kube-proxy's dial ladder.
+var DefaultRetryTimeouts = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
+
+// maxTries bounds RetryTimeouts so that a connection's tried-endpoint list
+// fits a fixed array on the stack.
+const maxTries = 8
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.Mode == "" {
+		c.Mode = ModeIPTables
+	}
+	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
+	def(&c.TCPIdleTimeout, DefaultTCPIdleTimeout)
+	def(&c.HalfCloseTimeout, DefaultHalfCloseTimeout)
+	def(&c.EjectBase, DefaultEjectBase)
+	def(&c.EjectMax, DefaultEjectMax)
+	def(&c.EarlyResetWindow, DefaultEarlyResetWindow)
+	def(&c.ProbeTimeout, DefaultProbeTimeout)
+	def(&c.DialTimeoutFloor, 50*time.Millisecond)
+	def(&c.DialTimeoutCeiling, 250*time.Millisecond)
+	if c.UDPMaxSessions <= 0 {
+		c.UDPMaxSessions = DefaultUDPMaxSessions
+	}
+	if c.DialTimeoutMultiple <= 0 {
+		c.DialTimeoutMultiple = 3
+	}
+	if len(c.RetryTimeouts) == 0 {
+		c.RetryTimeouts = DefaultRetryTimeouts
+	}
+	if len(c.RetryTimeouts) > maxTries {
+		c.RetryTimeouts = c.RetryTimeouts[:maxTries]
+	}
+	if c.DialTimeoutCeiling < c.DialTimeoutFloor {
+		c.DialTimeoutCeiling = c.DialTimeoutFloor
+	}
+	return c
+}

@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+// portListener is what one service port listens on; the Proxier owns it
+// (under Proxier.mu). In iptables mode it is one socket on
+// BindAddr:proxyPort; in direct mode one per local portal address (and one
+// on BindAddr:NodePort).
+type portListener struct {
+	proto     svc.Protocol
+	key       string // listen identity: a different key replaces the listener
+	proxyPort uint16 // iptables mode: the proxy port; direct mode: the service port
+	fromAlloc bool   // proxyPort came from the allocator: release it on close
+	addrs     []string
+	tcp       []*net.TCPListener
+	udp       []*udpServer
+}
+
+// needsListener: a port is served when it has a portal address or a node
+// port, and a protocol we proxy.
+func needsListener(sp svc.Port) bool {
+	return (sp.Protocol == svc.TCP || sp.Protocol == svc.UDP) &&
+		(len(sp.ClusterIPs)+len(sp.ExternalIPs)+len(sp.LoadBalancerIPs) > 0 || sp.NodePort != 0)
+}
+
+// listenerKey is what decides whether a changed port keeps its listener.
+func (p *Proxier) listenerKey(sp svc.Port) string {
+	if p.cfg.Mode == ModeIPTables {
+		return string(sp.Protocol)
+	}
+	return string(sp.Protocol) + " " + strings.Join(p.directAddrs(sp), ",")
+}
+
+// directAddrs are a port's listen addresses in direct mode.
+func (p *Proxier) directAddrs(sp svc.Port) []string {
+	var out []string
+	for _, ip := range sp.PortalAddrs() {
+		out = append(out, netip.AddrPortFrom(ip, sp.Port).String())
+	}
+	if sp.NodePort != 0 {
+		out = append(out, listenAddr(p.cfg.BindAddr, sp.NodePort))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// reconcileLocked gives ps the listener sp needs, keeping the current one
+// when its key is unchanged.
+func (p *Proxier) reconcileLocked(ps *portState, sp svc.Port) error {
+	if !needsListener(sp) {
+		if ps.lst != nil {
+			p.closeListenerLocked(ps, "no portal address")
+		}
+		if sp.Protocol != svc.TCP && sp.Protocol != svc.UDP {
+			return fmt.Errorf("protocol %q is not proxied", sp.Protocol)
+		}
+		return nil
+	}
+	key := p.listenerKey(sp)
+	if ps.lst != nil && ps.lst.key == key {
+		return nil
+	}
+	if ps.lst != nil {
+		p.closeListenerLocked(ps, "listener changed")
+	}
+	var l *portListener
+	var err error
+	if p.cfg.Mode == ModeIPTables {
+		l, err = p.openProxyPortLocked(ps, sp.Protocol)
+	} else {
+		l, err = p.openDirectLocked(ps, sp)
+	}
+	if err != nil {
+		return err
+	}
+	l.key = key
+	ps.lst = l
+	for _, ln := range l.tcp {
+		p.wg.Add(1)
+		go p.acceptLoop(ps, ln)
+	}
+	for _, u := range l.udp {
+		p.wg.Add(1)
+		go u.serve()
+	}
+	ps.log.Info().Str("protocol", string(sp.Protocol)).Strs("listen", l.addrs).Uint16("proxy_port", l.proxyPort).
+		Msg("listening")
+	return nil
+}
+
+// closeListenerLocked closes a port's listener and frees its proxy port.
+// Established TCP connections are not touched; UDP sessions end.
+func (p *Proxier) closeListenerLocked(ps *portState, why string) {
+	l := ps.lst
+	ps.lst = nil
+	for _, ln := range l.tcp {
+		_ = ln.Close() // the accept loop sees net.ErrClosed and ends
+	}
+	for _, u := range l.udp {
+		u.close()
+	}
+	if l.fromAlloc && p.alloc != nil {
+		p.alloc.release(int(l.proxyPort))
+	}
+	ps.log.Info().Strs("listen", l.addrs).Str("reason", why).Msg("stopped listening")
+}
+
+// openProxyPortLocked opens an iptables-mode listener: the preferred port of
+// a previous run first, then allocator ports (or a kernel-chosen one when the
+// range is empty). With ReusePort a fresh port is first bound without
+// SO_REUSEPORT, so uproxy never shares a port some other socket holds; a
+// preferred port is bound with it at once (the previous instance may still
+// hold it).
+func (p *Proxier) openProxyPortLocked(ps *portState, proto svc.Protocol) (*portListener, error) {
+	pref := p.cfg.PreferredPorts[ps.name]
+	if pref != 0 && p.portFree(pref) {
+		if p.alloc == nil || p.alloc.allocate(int(pref)) {
+			l, err := p.bindLocked(ps, proto, pref, false)
+			if err == nil {
+				l.fromAlloc = p.alloc != nil
+				return l, nil
+			}
+			if p.alloc != nil {
+				p.alloc.release(int(pref))
+			}
+			ps.log.Info().Uint16("port", pref).Err(err).Msg("previous proxy port unavailable, allocating another")
+		}
+	}
+	if p.alloc == nil {
+		return p.bindLocked(ps, proto, 0, true)
+	}
+	var busy []int
+	defer func() {
+		for _, port := range busy {
+			p.alloc.release(port)
+		}
+	}()
+	for {
+		port, err := p.alloc.allocateNext()
+		if err != nil {
+			return nil, fmt.Errorf("%w (%s, %d ports busy outside uproxy)", err, p.cfg.PortRange, len(busy))
+		}
+		l, err := p.bindLocked(ps, proto, uint16(port), true)
+		if err == nil {
+			l.fromAlloc = true
+			return l, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			p.alloc.release(port)
+			return nil, err
+		}
+		busy = append(busy, port)
+	}
+}
+
+// portFree reports whether no other port of ours uses proxy port n.
+func (p *Proxier) portFree(n uint16) bool {
+	for _, ps := range p.ports {
+		if ps.lst != nil && ps.lst.proxyPort == n && p.cfg.Mode == ModeIPTables {
+			return false
+		}
+	}
+	return true
+}
+
+// bindLocked opens one listener on BindAddr:port (0: kernel-chosen).
+func (p *Proxier) bindLocked(ps *portState, proto svc.Protocol, port uint16, fresh bool) (*portListener, error) {
+	addr := listenAddr(p.cfg.BindAddr, port)
+	if fresh && p.cfg.ReusePort {
+		// Prove the port is ours alone, then bind it shareable.
+		probe, err := p.openOne(ps, proto, addr, false)
+		if err != nil {
+			return nil, err
+		}
+		port = probe.port()
+		probe.close()
+		addr = listenAddr(p.cfg.BindAddr, port)
+	}
+	one, err := p.openOne(ps, proto, addr, p.cfg.ReusePort)
+	if err != nil {
+		return nil, err
+	}
+	l := &portListener{proto: proto, proxyPort: one.port()}
+	l.add(one)
+	return l, nil
+}
+
+// openDirectLocked opens direct-mode listeners on every portal address; an
+// address that is not local is logged once and skipped.
+func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, error) {
+	l := &portListener{proto: sp.Protocol, proxyPort: sp.Port}
+	var errs []error
+	for _, addr := range p.directAddrs(sp) {
+		one, err := p.openOne(ps, sp.Protocol, addr, p.cfg.ReusePort)
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			if k := ps.label + " " + addr; !p.skipLogged[k] {
+				p.skipLogged[k] = true
+				ps.log.Warn().Str("portal", addr).Msg("portal address is not local; skipped in direct mode")
+			}
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		l.add(one)
+	}
+	if err := errors.Join(errs...); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// oneListener is a single TCP listener or UDP server.
+type oneListener struct {
+	tcp *net.TCPListener
+	udp *udpServer
+}
+
+func (o oneListener) port() uint16 {
+	if o.tcp != nil {
+		return o.tcp.Addr().(*net.TCPAddr).AddrPort().Port()
+	}
+	return o.udp.conn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+}
+
+func (o oneListener) close() {
+	if o.tcp != nil {
+		_ = o.tcp.Close() // never served
+	} else {
+		o.udp.close()
+	}
+}
+
+func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse bool) (oneListener, error) {
+	if proto == svc.UDP {
+		c, err := listenUDP(p.ctx, reuse, addr)
+		if err != nil {
+			return oneListener{}, err
+		}
+		return oneListener{udp: newUDPServer(p, ps, c)}, nil
+	}
+	ln, err := listenTCP(p.ctx, reuse, addr)
+	if err != nil {
+		return oneListener{}, err
+	}
+	return oneListener{tcp: ln}, nil
+}
+
+func (l *portListener) add(o oneListener) {
+	if o.tcp != nil {
+		l.tcp = append(l.tcp, o.tcp)
+		l.addrs = append(l.addrs, o.tcp.Addr().String())
+	} else {
+		l.udp = append(l.udp, o.udp)
+		l.addrs = append(l.addrs, o.udp.conn.LocalAddr().String())
+	}
+}
+
+// close closes listeners that were never started (error paths).
+func (l *portListener) close() {
+	for _, ln := range l.tcp {
+		_ = ln.Close()
+	}
+	for _, u := range l.udp {
+		u.close()
+	}
+}

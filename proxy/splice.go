@@ -1,0 +1,364 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// bufSize is the size of a pooled copy buffer; a read that fills one marks a
+// bulk flow, which then moves to splice(2).
+const bufSize = 32 << 10
+
+// maxReplay bounds the client bytes kept for an early-reset retry.
+const maxReplay = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// errEarlyReset: the endpoint reset or closed right after connect and the
+// connection could not be moved to another endpoint.
+var errEarlyReset = errors.New("endpoint reset the connection right after connect")
+
+// tcpRelay is one proxied TCP connection.
+//
+// Ownership: serveTCP owns the client connection from Accept until it either
+// resets it (no endpoint, every try failed) or, with a dialed backend
+// connection, hands both to the relay. From then on the relay owns both and
+// run closes both once both directions have ended. Others only set deadlines
+// (expire: the janitor for idle and half-closed connections, Shutdown when
+// draining times out), which makes the copies return. During the early
+// phase copyDown may replace the backend (early-reset retry); it closes the
+// replaced connection itself.
+//
+// Copying: each direction copies through a pooled buffer that is taken only
+// when data is readable (readPooled), so an idle connection holds two
+// sockets and no buffer or pipe; the first read that fills a whole buffer
+// marks a bulk flow, which continues with io.Copy between the two
+// *net.TCPConn, i.e. splice(2) on Linux, until it ends. Bytes are summed per
+// direction and added to the port's counters when the copy ends.
+//
+// Half-close: a direction that reads EOF calls CloseWrite on the other side
+// and marks the relay half-closed; the janitor then bounds the remaining
+// direction's idleness by Config.HalfCloseTimeout instead of TCPIdleTimeout.
+type tcpRelay struct {
+	p      *Proxier
+	ps     *portState
+	client *net.TCPConn
+	caddr  netip.AddrPort
+
+	mu        sync.Mutex   // guards the fields up to clientEOF
+	backend   *net.TCPConn // replaced only before commit
+	be        *backend
+	replay    []byte // client bytes sent before the endpoint answered
+	overflow  bool   // replay outgrew maxReplay: no early retry possible
+	committed bool   // the endpoint sent its first byte (or early handling is off)
+	clientEOF bool   // the client half-closed; propagated with CloseWrite
+
+	tried       tried // endpoints tried; written by the dialing goroutine only
+	connectedAt int64 // mono() of the current backend's connect; copyDown only
+	halfClosed  atomic.Bool
+	expired     atomic.Bool // idle/drain deadline hit: close normally, no RST
+	up, down    int64       // bytes each way, each owned by its copy goroutine
+}
+
+// run relays until both directions end, then closes both connections; an
+// error in either direction resets both (SO_LINGER 0).
+func (r *tcpRelay) run() {
+	upDone := make(chan error, 1)
+	r.p.wg.Add(1)
+	go r.proxyCopyUp(upDone)
+	downErr := r.copyDown()
+	if downErr != nil {
+		r.expireNow()
+	} else {
+		r.halfClosed.Store(true)
+	}
+	upErr := <-upDone
+	r.mu.Lock()
+	bc, be := r.backend, r.be
+	r.mu.Unlock()
+	if (downErr != nil || upErr != nil) && !r.expired.Load() {
+		_ = r.client.SetLinger(0)
+		_ = bc.SetLinger(0)
+	}
+	// Close errors after a finished relay carry no information for anyone.
+	_ = r.client.Close()
+	_ = bc.Close()
+	be.active.Add(-1)
+	r.ps.stats.bytesUp.Add(uint64(r.up))
+	r.ps.stats.bytesDown.Add(uint64(r.down))
+	if downErr != nil || upErr != nil {
+		r.ps.log.Debug().Str("client", r.caddr.String()).Str("endpoint", be.addr.String()).
+			AnErr("down", downErr).AnErr("up", upErr).Msg("connection ended with error")
+	}
+}
+
+// proxyCopyUp copies client → endpoint and reports how it ended.
+func (r *tcpRelay) proxyCopyUp(done chan<- error) {
+	defer r.p.wg.Done()
+	err := r.copyUp()
+	if err != nil {
+		r.expireNow()
+	} else {
+		r.halfClosed.Store(true)
+	}
+	done <- err
+}
+
+// expireNow makes both copies return at once (the relay then closes).
+func (r *tcpRelay) expireNow() {
+	now := time.Now()
+	_ = r.client.SetDeadline(now)
+	r.mu.Lock()
+	_ = r.backend.SetDeadline(now)
+	r.mu.Unlock()
+}
+
+// expire ends an idle or drained relay: both copies return, both sides are
+// closed normally.
+func (r *tcpRelay) expire() {
+	r.expired.Store(true)
+	r.expireNow()
+}
+
+func (r *tcpRelay) copyUp() error {
+	rc, err := r.client.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		r.mu.Lock()
+		early := !r.committed && !r.overflow
+		r.mu.Unlock()
+		if !early {
+			break
+		}
+		b, n, err := readPooled(rc)
+		if err != nil {
+			if err == io.EOF {
+				r.mu.Lock()
+				r.clientEOF = true
+				bc := r.backend
+				r.mu.Unlock()
+				return bc.CloseWrite()
+			}
+			return err
+		}
+		r.mu.Lock()
+		if !r.committed && !r.overflow {
+			if len(r.replay)+n <= maxReplay {
+				r.replay = append(r.replay, (*b)[:n]...)
+			} else {
+				r.overflow, r.replay = true, nil
+			}
+		}
+		bc := r.backend
+		r.mu.Unlock()
+		r.up += int64(n)
+		_, werr := bc.Write((*b)[:n])
+		bufPool.Put(b)
+		if werr != nil && !r.replaced(bc) {
+			return werr
+		}
+	}
+	r.mu.Lock()
+	bc := r.backend
+	r.mu.Unlock()
+	n, err := pump(bc, r.client, rc)
+	r.up += n
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.clientEOF = true
+	r.mu.Unlock()
+	return bc.CloseWrite()
+}
+
+// replaced reports whether bc is no longer the relay's backend (its bytes were
+// replayed to the new one).
+func (r *tcpRelay) replaced(bc *net.TCPConn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.backend != bc
+}
+
+func (r *tcpRelay) copyDown() error {
+	for {
+		r.mu.Lock()
+		committed, bc := r.committed, r.backend
+		r.mu.Unlock()
+		if committed {
+			break
+		}
+		rc, err := bc.SyscallConn()
+		if err != nil {
+			return err
+		}
+		b, n, err := readPooled(rc)
+		if err != nil {
+			if r.earlyFailure(err) {
+				if r.retryEarly(bc, err) {
+					continue
+				}
+				return errEarlyReset
+			}
+			r.commit()
+			if err == io.EOF {
+				return r.client.CloseWrite()
+			}
+			return err
+		}
+		r.commit()
+		r.down += int64(n)
+		_, werr := r.client.Write((*b)[:n])
+		bufPool.Put(b)
+		if werr != nil {
+			return werr
+		}
+	}
+	r.mu.Lock()
+	bc := r.backend
+	r.mu.Unlock()
+	rc, err := bc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	n, err := pump(r.client, bc, rc)
+	r.down += n
+	if err != nil {
+		return err
+	}
+	return r.client.CloseWrite()
+}
+
+func (r *tcpRelay) commit() {
+	r.mu.Lock()
+	r.committed, r.replay = true, nil
+	r.mu.Unlock()
+}
+
+// earlyFailure reports whether a read error before the endpoint's first byte
+// means the endpoint failed: a reset, or an EOF while the client had not
+// half-closed, within EarlyResetWindow of the connect.
+func (r *tcpRelay) earlyFailure(err error) bool {
+	if mono()-r.connectedAt > int64(r.p.cfg.EarlyResetWindow) {
+		return false
+	}
+	if errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	if err != io.EOF {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.clientEOF
+}
+
+// retryEarly ejects the endpoint that failed right after connect and moves
+// the connection to another one, replaying what the client sent so far. It
+// reports false when that is impossible (replay overflow, tries exhausted,
+// no other endpoint answering).
+func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {
+	r.mu.Lock()
+	oldBe := r.be
+	r.mu.Unlock()
+	r.ps.stats.earlyResets.Add(1)
+	r.p.endpointFailed(r.ps, oldBe, false, "reset after connect", cause)
+	r.ps.bal.forget(r.caddr.Addr())
+	r.mu.Lock()
+	can := !r.overflow && r.tried.n < len(r.p.cfg.RetryTimeouts)
+	r.mu.Unlock()
+	if !can {
+		return false
+	}
+	nc, nbe, err := r.p.dialBackend(r.p.ctx, r.ps, r.caddr.Addr(), &r.tried)
+	if err != nil {
+		return false
+	}
+	r.mu.Lock()
+	if r.overflow {
+		r.mu.Unlock()
+		_ = nc.Close() // never used
+		return false
+	}
+	_, werr := nc.Write(r.replay)
+	if werr == nil && r.clientEOF {
+		werr = nc.CloseWrite()
+	}
+	r.backend, r.be = nc, nbe
+	r.mu.Unlock()
+	r.connectedAt = mono()
+	oldBe.active.Add(-1)
+	nbe.active.Add(1)
+	nbe.total.Add(1)
+	_ = old.Close() // the failed endpoint's connection; nothing more to say to it
+	r.ps.stats.replays.Add(1)
+	return werr == nil
+}
+
+// pump copies src to dst until EOF (nil) or an error: small reads through
+// pooled buffers, then, once a read fills a whole buffer, io.Copy (splice).
+func pump(dst, src *net.TCPConn, rc syscall.RawConn) (int64, error) {
+	var total int64
+	for {
+		b, n, err := readPooled(rc)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		_, werr := dst.Write((*b)[:n])
+		bufPool.Put(b)
+		total += int64(n)
+		if werr != nil {
+			return total, werr
+		}
+		if n == bufSize {
+			m, err := io.Copy(dst, src) // *net.TCPConn.ReadFrom: splice(2)
+			return total + m, err
+		}
+	}
+}
+
+// readPooled waits (in the netpoller, honouring deadlines) until rc is
+// readable and only then takes a pooled buffer and reads into it. The
+// caller returns the buffer with bufPool.Put. EOF is io.EOF.
+func readPooled(rc syscall.RawConn) (*[]byte, int, error) {
+	var (
+		b    *[]byte
+		n    int
+		rerr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
+		b = bufPool.Get().(*[]byte)
+		n, rerr = unix.Read(int(fd), *b)
+		if rerr == unix.EAGAIN || rerr == unix.EINTR {
+			bufPool.Put(b)
+			b = nil
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if rerr != nil || n <= 0 {
+		bufPool.Put(b)
+		if rerr != nil {
+			return nil, 0, os.NewSyscallError("read", rerr)
+		}
+		return nil, 0, io.EOF
+	}
+	return b, n, nil
+}

@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// udpBufSize fits any UDP datagram (legacy's 4 KiB truncated large ones,
+// kubernetes#47659).
+const udpBufSize = 64 << 10
+
+var udpBufPool = sync.Pool{New: func() any { b := make([]byte, udpBufSize); return &b }}
+
+// udpServer serves one UDP listen socket of a service port: a session per
+// client ip:port, each with its own connected socket to the chosen endpoint
+// and a reply goroutine.
+//
+// Ownership: the serve goroutine owns conn's reads and creates sessions; a
+// session's socket is owned by the session, closed exactly once by
+// udpSession.close (called by its reply goroutine on idle or error, by serve
+// when the session moves or on exit).
+type udpServer struct {
+	p    *Proxier
+	ps   *portState
+	conn *net.UDPConn
+
+	mu       sync.Mutex // guards sessions and closed
+	sessions map[netip.AddrPort]*udpSession
+	closed   bool
+}
+
+type udpSession struct {
+	srv    *udpServer
+	client netip.AddrPort // as received, the reply destination
+	be     *backend
+	conn   *net.UDPConn // connected to be
+	last   atomic.Int64 // mono() of the last datagram either way
+	once   sync.Once
+}
+
+func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) *udpServer {
+	return &udpServer{p: p, ps: ps, conn: c, sessions: map[netip.AddrPort]*udpSession{}}
+}
+
+// close closes the listen socket; serve then ends every session.
+func (s *udpServer) close() { _ = s.conn.Close() }
+
+// serve reads client datagrams until the socket is closed and forwards each
+// to its session's endpoint.
+func (s *udpServer) serve() {
+	defer s.p.wg.Done()
+	defer s.closeSessions()
+	buf := make([]byte, udpBufSize)
+	for {
+		n, caddr, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Unconnected UDP sockets rarely fail; never spin on it.
+			if !sleepCtx(s.p.ctx, acceptBackoffMin) {
+				return
+			}
+			continue
+		}
+		sess := s.session(caddr)
+		if sess == nil {
+			continue
+		}
+		sess.last.Store(mono())
+		if _, err := sess.conn.Write(buf[:n]); err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
+			}
+			sess.close() // the next datagram picks again
+		}
+	}
+}
+
+// session returns the client's session, creating one when there is none or
+// when its endpoint was removed or ejected (the session moves). It returns
+// nil when the datagram must be dropped (cap reached, no endpoint).
+func (s *udpServer) session(caddr netip.AddrPort) *udpSession {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sess := s.sessions[caddr]; sess != nil {
+		if !sess.be.removed.Load() && sess.be.health.usable(mono(), true) {
+			return sess
+		}
+		delete(s.sessions, caddr)
+		sess.closeLocked()
+	}
+	ps := s.ps
+	if ps.stats.udpActive.Load() >= int64(s.p.cfg.UDPMaxSessions) {
+		ps.stats.udpCapDrops.Add(1)
+		s.logCap()
+		return nil
+	}
+	client := caddr.Addr().Unmap()
+	var t tried
+	for t.n < len(s.p.cfg.RetryTimeouts) {
+		be, _ := ps.bal.pick(client, &t, true)
+		if be == nil {
+			ps.stats.noEndpoint.Add(1)
+			return nil
+		}
+		t.add(be)
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(be.addr))
+		if err != nil {
+			be.dialFails.Add(1)
+			ps.bal.forget(client)
+			continue
+		}
+		sess := &udpSession{srv: s, client: caddr, be: be, conn: c}
+		sess.last.Store(mono())
+		s.sessions[caddr] = sess
+		ps.stats.udpActive.Add(1)
+		ps.stats.udpTotal.Add(1)
+		be.active.Add(1)
+		be.total.Add(1)
+		s.p.wg.Add(1)
+		go sess.proxyReplies()
+		return sess
+	}
+	ps.stats.dialFailed.Add(1)
+	return nil
+}
+
+// logCap logs the session cap once per burst (at most every 10s).
+func (s *udpServer) logCap() {
+	now := mono()
+	last := s.ps.stats.udpCapLogAt.Load()
+	if last != 0 && now-last < int64(10*time.Second) || !s.ps.stats.udpCapLogAt.CompareAndSwap(last, now) {
+		return
+	}
+	s.ps.log.Warn().Int("cap", s.p.cfg.UDPMaxSessions).Uint64("dropped_total", s.ps.stats.udpCapDrops.Load()).
+		Msg("UDP session cap reached; dropping datagrams of new clients")
+}
+
+func (s *udpServer) closeSessions() {
+	s.mu.Lock()
+	s.closed = true
+	for k, sess := range s.sessions {
+		delete(s.sessions, k)
+		sess.closeLocked()
+	}
+	s.mu.Unlock()
+}
+
+// proxyReplies relays the endpoint's replies to the client until the session
+// has been idle for UDPIdleTimeout (either way) or its socket fails. A reply
+// readmits an ejected endpoint; ICMP refused ejects it.
+func (sess *udpSession) proxyReplies() {
+	s := sess.srv
+	defer s.p.wg.Done()
+	defer sess.close()
+	rc, err := sess.conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	idle := int64(s.p.cfg.UDPIdleTimeout)
+	for {
+		deadline := sess.last.Load() + idle
+		if mono() >= deadline {
+			return
+		}
+		if err := sess.conn.SetReadDeadline(monoTime(deadline)); err != nil {
+			return
+		}
+		b, n, err := readPooledUDP(rc)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // re-check: client datagrams may have moved last
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
+			}
+			return
+		}
+		sess.last.Store(mono())
+		if sess.be.health.ejected.Load() {
+			s.p.readmit(s.ps, sess.be, "udp reply", false)
+		}
+		_, _ = s.conn.WriteToUDPAddrPort((*b)[:n], sess.client) // a lost reply is UDP's contract
+		udpBufPool.Put(b)
+	}
+}
+
+// close ends the session once: its socket, its map entry, its counters.
+func (sess *udpSession) close() {
+	s := sess.srv
+	s.mu.Lock()
+	if s.sessions[sess.client] == sess {
+		delete(s.sessions, sess.client)
+	}
+	sess.closeLocked()
+	s.mu.Unlock()
+}
+
+// closeLocked is close without the map; callers hold srv.mu.
+func (sess *udpSession) closeLocked() {
+	sess.once.Do(func() {
+		_ = sess.conn.Close() // ends proxyReplies
+		sess.srv.ps.stats.udpActive.Add(-1)
+		sess.be.active.Add(-1)
+	})
+}
+
+// readPooledUDP is readPooled for datagrams, with 64 KiB buffers.
+func readPooledUDP(rc syscall.RawConn) (*[]byte, int, error) {
+	var (
+		b    *[]byte
+		n    int
+		rerr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
+		b = udpBufPool.Get().(*[]byte)
+		n, rerr = syscall.Read(int(fd), *b)
+		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
+			udpBufPool.Put(b)
+			b = nil
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if rerr != nil {
+		udpBufPool.Put(b)
+		return nil, 0, os.NewSyscallError("read", rerr)
+	}
+	return b, n, nil
+}
