@@ -73,7 +73,9 @@ func newProxier(t testing.TB, cfg Config) (*Proxier, *fakePortals) {
 	return p, fp
 }
 
-func pn(name, port string) svc.PortName { return svc.PortName{Namespace: "default", Name: name, Port: port} }
+func pn(name, port string) svc.PortName {
+	return svc.PortName{Namespace: "default", Name: name, Port: port}
+}
 
 // tcpPort is a service port with a (never contacted) cluster IP.
 func tcpPort(name svc.PortName, port uint16) svc.Port {

@@ -102,7 +102,7 @@ func TestStickyClientsStayAndMoveOnlyWhenTheirEndpointGoes(t *testing.T) {
 
 func TestDeadEndpointIsSkippedByRetry(t *testing.T) {
 	tests := map[string]struct{ disableEjection bool }{
-		"with ejection":    {},
+		"with ejection":     {},
 		"ejection disabled": {disableEjection: true},
 	}
 	for name, tc := range tests {
