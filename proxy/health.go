@@ -186,6 +186,9 @@ func (c *connectTimes) record(d int64) {
 }
 
 func (c *connectTimes) recompute(k uint64) {
+	if k == 0 {
+		return
+	}
 	var a [64]int64
 	for j := range k {
 		a[j] = c.ring[j].Load()

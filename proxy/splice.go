@@ -57,10 +57,11 @@ type tcpRelay struct {
 	mu        sync.Mutex   // guards the fields up to clientEOF
 	backend   *net.TCPConn // replaced only before commit
 	be        *backend
-	replay    []byte // client bytes sent before the endpoint answered
-	overflow  bool   // replay outgrew maxReplay: no early retry possible
-	committed bool   // the endpoint sent its first byte (or early handling is off)
-	clientEOF bool   // the client half-closed; propagated with CloseWrite
+	replay    []byte       // client bytes sent before the endpoint answered
+	overflow  bool         // replay outgrew maxReplay: no early retry possible
+	committed bool         // the endpoint sent its first byte (or early handling is off)
+	clientEOF bool         // the client half-closed; propagated with CloseWrite
+	upBroken  *net.TCPConn // a backend a client write failed on before its answer
 
 	tried       tried // endpoints tried; written by the dialing goroutine only
 	connectedAt int64 // mono() of the current backend's connect; copyDown only
@@ -148,7 +149,10 @@ func (r *tcpRelay) copyUp() error {
 				r.clientEOF = true
 				bc := r.backend
 				r.mu.Unlock()
-				return bc.CloseWrite()
+				if err := bc.CloseWrite(); err != nil && !r.replaced(bc) && !r.brokenBeforeAnswer(bc) {
+					return err
+				}
+				return nil // a replacement backend gets CloseWrite from retryEarly
 			}
 			return err
 		}
@@ -165,7 +169,10 @@ func (r *tcpRelay) copyUp() error {
 		r.up += int64(n)
 		_, werr := bc.Write((*b)[:n])
 		bufPool.Put(b)
-		if werr != nil && !r.replaced(bc) {
+		// A failed write before the endpoint answered is left to copyDown,
+		// which sees the same failure on its read and moves the connection
+		// (the bytes are in the replay buffer) or ends the relay.
+		if werr != nil && !r.replaced(bc) && !r.brokenBeforeAnswer(bc) {
 			return werr
 		}
 	}
@@ -191,6 +198,20 @@ func (r *tcpRelay) replaced(bc *net.TCPConn) bool {
 	return r.backend != bc
 }
 
+// brokenBeforeAnswer records that a write to bc failed before the endpoint's
+// first byte. It reports whether copyDown will handle it: every client byte
+// is in the replay buffer. (The write may have consumed the socket's
+// ECONNRESET, so copyDown's read sees a plain EOF; earlyFailure knows.)
+func (r *tcpRelay) brokenBeforeAnswer(bc *net.TCPConn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.committed || r.overflow || r.p.cfg.DisableEjection {
+		return false
+	}
+	r.upBroken = bc
+	return true
+}
+
 func (r *tcpRelay) copyDown() error {
 	for {
 		r.mu.Lock()
@@ -205,7 +226,7 @@ func (r *tcpRelay) copyDown() error {
 		}
 		b, n, err := readPooled(rc)
 		if err != nil {
-			if r.earlyFailure(err) {
+			if r.earlyFailure(bc, err) {
 				if r.retryEarly(bc, err) {
 					continue
 				}
@@ -246,14 +267,15 @@ func (r *tcpRelay) commit() {
 	r.mu.Unlock()
 }
 
-// earlyFailure reports whether a read error before the endpoint's first byte
-// means the endpoint failed: a reset, or an EOF while the client had not
-// half-closed, within EarlyResetWindow of the connect.
-func (r *tcpRelay) earlyFailure(err error) bool {
-	if mono()-r.connectedAt > int64(r.p.cfg.EarlyResetWindow) {
+// earlyFailure reports whether a read error on bc before the endpoint's
+// first byte means the endpoint failed: a reset, or an EOF while the client
+// had not half-closed (or after a client write to bc failed), within
+// EarlyResetWindow of the connect.
+func (r *tcpRelay) earlyFailure(bc *net.TCPConn, err error) bool {
+	if r.p.cfg.DisableEjection || mono()-r.connectedAt > int64(r.p.cfg.EarlyResetWindow) {
 		return false
 	}
-	if errors.Is(err, syscall.ECONNRESET) {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
 		return true
 	}
 	if err != io.EOF {
@@ -261,7 +283,7 @@ func (r *tcpRelay) earlyFailure(err error) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return !r.clientEOF
+	return !r.clientEOF || r.upBroken == bc
 }
 
 // retryEarly ejects the endpoint that failed right after connect and moves
