@@ -77,9 +77,11 @@ func (h *healthServer) handler() http.Handler {
 
 // live reports whether the sync loop keeps up: unhealthy only when a queued
 // change has waited longer than the timeout. Before the first sync the
-// process is alive (kube-proxy: "healthy while it's starting up").
+// process is alive (kube-proxy: "healthy while it's starting up"), so a
+// liveness probe does not restart uproxy in a loop while the API server is
+// unreachable at start; /healthz reports that case.
 func (h *healthServer) live(s syncState, now time.Time) (bool, string) {
-	if !s.QueuedSince.IsZero() {
+	if s.Synced && !s.QueuedSince.IsZero() {
 		if waited := now.Sub(s.QueuedSince); waited >= h.timeout {
 			return false, fmt.Sprintf("a queued change has waited %s (limit %s)", waited.Round(time.Millisecond), h.timeout)
 		}

@@ -73,7 +73,7 @@ func TestHealthServer(t *testing.T) {
 		},
 		"stale before first sync": {
 			state:   syncState{QueuedSince: now.Add(-time.Hour)},
-			healthz: 503, livez: 503, reason: "a queued change has waited", eligible: true,
+			healthz: 503, livez: 200, reason: "waiting for the first sync", eligible: true,
 		},
 		"node being deleted": {
 			state:   syncState{Synced: true, LastUpdated: now, NodeDeleting: true, NodeName: "node-1"},
