@@ -45,20 +45,6 @@ func ParsePortRange(s string) (PortRange, error) {
 		}
 		return n, nil
 	}
-	if a, b, ok := strings.Cut(s, "-"); ok {
-		lo, err := port(a, "first port")
-		if err != nil {
-			return PortRange{}, err
-		}
-		hi, err := port(b, "last port")
-		if err != nil {
-			return PortRange{}, err
-		}
-		if hi < lo {
-			return PortRange{}, fmt.Errorf("port range %q: last port %d is below first port %d", s, hi, lo)
-		}
-		return PortRange{Base: lo, Size: hi - lo + 1}, nil
-	}
 	if a, b, ok := strings.Cut(s, "+"); ok {
 		lo, err := port(a, "first port")
 		if err != nil {
@@ -72,6 +58,20 @@ func ParsePortRange(s string) (PortRange, error) {
 			return PortRange{}, fmt.Errorf("port range %q: last port %d is above 65535", s, lo+n)
 		}
 		return PortRange{Base: lo, Size: n + 1}, nil
+	}
+	if a, b, ok := strings.Cut(s, "-"); ok {
+		lo, err := port(a, "first port")
+		if err != nil {
+			return PortRange{}, err
+		}
+		hi, err := port(b, "last port")
+		if err != nil {
+			return PortRange{}, err
+		}
+		if hi < lo {
+			return PortRange{}, fmt.Errorf("port range %q: last port %d is below first port %d", s, hi, lo)
+		}
+		return PortRange{Base: lo, Size: hi - lo + 1}, nil
 	}
 	lo, err := port(s, "port")
 	if err != nil {
