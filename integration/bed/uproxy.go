@@ -91,7 +91,7 @@ func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
 		"--kubeconfig", kc, "--hostname-override", NodeName,
 		"--iptables-sync-period", o.SyncPeriod.String(), "--iptables-min-sync-period", o.MinSyncPeriod.String(),
 		"--healthz-bind-address", HealthzAddr, "--metrics-bind-address", MetricsAddr,
-		"--portal-mode", o.PortalMode, "--log-level", o.LogLevel,
+		"--portal-mode", o.PortalMode, "--log-level", o.LogLevel, "--shutdown-grace", "5s",
 	}, o.Args...)
 	logPath := filepath.Join(t.TempDir(), "uproxy.log")
 	p, err := StartProc(b.Node, "uproxy", logPath, nil, append([]string{o.Binary}, args...)...)
