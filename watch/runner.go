@@ -92,9 +92,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		return nil
 	case <-r.t.synced:
 	}
-	r.fams = effectiveFamilies(r.opts.Families, r.t.Node())
-	r.log.Info().Stringer("families", r.fams).Str("node", r.opts.NodeName).Msg("initial state received, first full sync")
-	r.pass(ctx, true)
+	r.start(ctx)
 
 	timer := r.clock.NewTimer(r.nextDelay(r.clock.Now()))
 	defer timer.Stop()
@@ -109,6 +107,13 @@ func (r *Runner) Run(ctx context.Context) error {
 		timer.Stop()
 		timer.Reset(r.nextDelay(r.clock.Now()))
 	}
+}
+
+// start applies the initial state in full.
+func (r *Runner) start(ctx context.Context) {
+	r.fams = effectiveFamilies(r.opts.Families, r.t.Node())
+	r.log.Info().Stringer("families", r.fams).Str("node", r.opts.NodeName).Msg("initial state received, first full sync")
+	r.pass(ctx, true)
 }
 
 // pass applies what the tracker recorded and runs SyncPorts when due (or
