@@ -27,7 +27,7 @@ func benchTargets(b *testing.B, mode string) map[string]string {
 // BenchmarkAcceptDialFirstByte: connect, send a byte, get a byte back,
 // reset (no TIME_WAIT pile-up); through the proxy versus directly.
 func BenchmarkAcceptDialFirstByte(b *testing.B) {
-	targets := benchTargets(b, "pong")
+	targets := benchTargets(b, "echo")
 	for _, name := range []string{"direct", "proxy"} {
 		b.Run(name, func(b *testing.B) {
 			one := []byte{'x'}

@@ -168,12 +168,6 @@ func (b *backendServer) serve(mode string) {
 			case "who":
 				data, _ := io.ReadAll(c)
 				_, _ = c.Write([]byte(b.id + ":" + string(data)))
-			case "pong": // one byte each way, then wait for the close
-				one := make([]byte, 1)
-				if _, err := io.ReadFull(c, one); err == nil {
-					_, _ = c.Write(one)
-					_, _ = io.Copy(io.Discard, c)
-				}
 			case "bulk": // one byte in, bulkSize bytes out
 				one := make([]byte, 1)
 				if _, err := io.ReadFull(c, one); err == nil {
