@@ -16,6 +16,12 @@ func nowFunc() func() time.Time {
 	return func() time.Time { return t }
 }
 
+// tick moves a test Programmer's clock forward.
+func tick(p *Programmer, d time.Duration) {
+	old := p.now
+	p.now = func() time.Time { return old().Add(d) }
+}
+
 // legacyState fills a fake kernel with what legacy userspace kube-proxy
 // left behind, plus rules that belong to someone else.
 func legacyState(t *fakeTables) {

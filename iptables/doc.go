@@ -28,14 +28,18 @@
 // are not mentioned; missing jumps from the built-in chains are added in the
 // same batch. Other tables' and chains' rules are never touched.
 //
-// A sync whose desired rules equal what we last wrote performs no write. It
-// performs one read, `iptables-save` per family, to notice rules or jumps that
-// someone else deleted or changed; only if the read differs does it write the
-// repair (counted in uproxy_iptables_repairs_total). So "execs nothing" holds
-// for writes; the tamper check is a read-only exec, by design. Syncs that do
-// change rules skip that read unless the last one is older than
-// Config.CheckPeriod, so tampering is repaired within one check period even
-// while services churn.
+// A sync whose desired rules equal what we last wrote performs no write.
+// To notice rules or jumps that someone else deleted or changed, it may
+// perform one read-only exec per family, `iptables-save`: when the last read
+// is older than Config.CheckPeriod/2 (so, with CheckPeriod set to the
+// caller's --iptables-sync-period, on every periodic sync, and at most once
+// per half period during bursts). Only if the read differs from what we wrote
+// does it write the repair (counted in uproxy_iptables_repairs_total). So
+// "a sync whose desired rules equal the installed ones execs nothing" holds
+// for writes, and for reads within half a check period of the last one; the
+// periodic tamper check is a read, by design. Syncs that do change rules
+// skip the read unless the last one is older than CheckPeriod, so tampering
+// is repaired within one period even while services churn.
 //
 // What it does not do: it opens no sockets for the portals (proxy/ listens),
 // it never flushes rules at start-up (a restarted uproxy re-reads its proxy

@@ -201,6 +201,7 @@ func testRealIptables(t *testing.T, backend string) {
 	cfg := Config{
 		BindAddr: netip.IPv4Unspecified(), NodeIPs: []netip.Addr{tb.nodeIP, tb.nodeIP6},
 		NetNS: tb.node, Backend: backend,
+		CheckPeriod: time.Nanosecond, // every no-op sync checks: this test tampers between syncs
 	}
 	p, err := New(cfg, testLog(t))
 	if err != nil {

@@ -44,10 +44,13 @@ type Config struct {
 	// installed (whatever the alternatives point to), "nft" or "legacy"
 	// use iptables-nft* or iptables-legacy*. (Added to the shared API.)
 	Backend string
-	// CheckPeriod: syncs that change rules re-read the installed rules
-	// first when the last read is older than this, so tampering is repaired
-	// even while services churn. Syncs that change nothing always read.
-	// 0 means DefaultCheckPeriod. (Added to the shared API.)
+	// CheckPeriod bounds how long tampering (rules or jumps deleted or
+	// changed by someone else) can go unnoticed. A sync that changes
+	// nothing re-reads the installed rules when the last read is older than
+	// CheckPeriod/2; a sync that changes rules re-reads first when it is
+	// older than CheckPeriod. Set it to --iptables-sync-period: then every
+	// periodic sync checks, and bursts of syncs cost at most one read per
+	// CheckPeriod/2. 0 means DefaultCheckPeriod. (Added to the shared API.)
 	CheckPeriod time.Duration
 }
 
@@ -83,6 +86,7 @@ type famState struct {
 	known    bool  // model reflects the kernel (read back, or written by us since)
 	model    ruleSet
 	lastRead time.Time
+	cache    renderCache
 }
 
 // New detects the iptables tools (iptables, ip6tables and their -restore and
@@ -121,7 +125,7 @@ func newProgrammer(cfg Config, log zerolog.Logger, r runner, ct conntracker, now
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, f := range families {
-		st := &famState{f: f, model: newRuleSet()}
+		st := &famState{f: f, model: newRuleSet(), cache: renderCache{}}
 		p.fams[f] = st
 		st.backend, st.avail = r.detect(ctx, f)
 		if st.avail != nil {
@@ -176,7 +180,8 @@ func (p *Programmer) syncLocked(ctx context.Context, portals []svc.Portal) error
 		if !st.active {
 			continue
 		}
-		res := render(st.f, p.cfg.targetsFor(st.f), portals)
+		res := render(st.f, p.cfg.targetsFor(st.f), portals, st.cache)
+		st.cache = res.cache
 		normalize(res.set)
 		p.noteConflicts(st.f, res.conflicts)
 		if err := p.syncFamily(ctx, st, res.set); err != nil {
@@ -199,14 +204,17 @@ func (p *Programmer) syncLocked(ctx context.Context, portals []svc.Portal) error
 // (two when the first fails because what we believed installed was stale).
 func (p *Programmer) syncFamily(ctx context.Context, st *famState, want ruleSet) error {
 	repaired := 0
-	if !st.known || sameRules(st.model, want) || p.now().Sub(st.lastRead) >= p.checkPeriod {
+	same := st.known && sameRules(st.model, want)
+	age := p.now().Sub(st.lastRead)
+	if !st.known || (same && age >= p.checkPeriod/2) || age >= p.checkPeriod {
 		n, err := p.readInto(ctx, st)
 		if err != nil {
 			return err
 		}
 		repaired += n
+		same = sameRules(st.model, want)
 	}
-	if sameRules(st.model, want) {
+	if same {
 		return nil // the common case: no write at all
 	}
 	err := p.write(ctx, st.f, restoreText(st.model, want, false))
@@ -274,7 +282,8 @@ func (p *Programmer) noteConflicts(f family, conflicts []string) {
 	}
 	p.conflicts[f] = s
 	if s != "" {
-		p.log.Warn().Stringer("family", f).Strs("rules", conflicts).Msg("portals claim the same address and port; the first service by name keeps it")
+		p.log.Warn().Stringer("family", f).Int("count", len(conflicts)).Strs("rules", conflicts[:min(len(conflicts), 10)]).
+			Msg("portals claim the same address and port; the first service by name keeps it")
 	}
 }
 

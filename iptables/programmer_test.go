@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
@@ -192,18 +193,29 @@ func TestNoOpSyncWritesNothing(t *testing.T) {
 	if restores != 2 {
 		t.Fatalf("first sync: %d restores, want 2", restores)
 	}
-	for i := range 3 {
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		wantSaves int
+	}{
+		{"right after the write: no exec at all", 0, 0},
+		{"within half a check period: no exec at all", DefaultCheckPeriod/2 - time.Second, 0},
+		// The periodic tamper check: one read-only iptables-save per
+		// active family (IPv4, and IPv6 since the node has an IPv6 IP).
+		{"half a check period later: one read per family", time.Second, 2},
+		{"again right after that read: nothing", time.Millisecond, 0},
+	}
+	for _, s := range steps {
+		tick(p, s.advance)
 		if err := p.SyncPortals(ctx, slices.Clone(portals)); err != nil {
 			t.Fatal(err)
 		}
 		r2, s2 := r.counts()
 		if r2 != restores {
-			t.Fatalf("no-op sync %d wrote: %d restores, want %d; last input:\n%s", i, r2, restores, r.lastRestore())
+			t.Fatalf("%s: wrote: %d restores, want %d; last input:\n%s", s.name, r2, restores, r.lastRestore())
 		}
-		// The one read-only tamper check per active family (IPv4 and,
-		// with an IPv6 node IP, IPv6).
-		if s2 != saves+2 {
-			t.Fatalf("no-op sync %d: %d saves, want %d", i, s2, saves+2)
+		if s2-saves != s.wantSaves {
+			t.Fatalf("%s: %d saves, want %d", s.name, s2-saves, s.wantSaves)
 		}
 		saves = s2
 	}
@@ -306,6 +318,7 @@ func TestTamperingIsRepaired(t *testing.T) {
 			if slices.Equal(ourLines(r.state[v4].save()), want) {
 				t.Fatal("tampering changed nothing")
 			}
+			tick(p, DefaultCheckPeriod/2) // the next periodic sync
 			if err := p.SyncPortals(ctx, portals); err != nil {
 				t.Fatal(err)
 			}
@@ -521,4 +534,29 @@ func TestUDPConntrackFailureIsRetried(t *testing.T) {
 func withProxyPort(p svc.Portal, port uint16) svc.Portal {
 	p.ProxyPort = port
 	return p
+}
+
+func TestChangedServiceIsRerendered(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	steps := []struct {
+		name    string
+		portal  svc.Portal
+		want    string
+		notWant string
+	}{
+		{"initial", web(30001), "--to-ports 30001", ""},
+		{"proxy port changes", web(30002), "--to-ports 30002", "--to-ports 30001"},
+		{"cluster IP changes", web(30002, func(p *svc.Port) { p.ClusterIPs = addrs("10.96.0.99") }), "-d 10.96.0.99/32", "-d 10.96.0.10/32"},
+		{"service port changes", web(30002, func(p *svc.Port) { p.ClusterIPs = addrs("10.96.0.99"); p.Port = 8080 }), "--dport 8080", "--dport 80 "},
+	}
+	for _, s := range steps {
+		if err := p.SyncPortals(ctx, []svc.Portal{s.portal}); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		save := r.state[v4].save()
+		if !strings.Contains(save, s.want) || (s.notWant != "" && strings.Contains(save, s.notWant)) {
+			t.Errorf("%s: installed rules:\n%s", s.name, strings.Join(ourLines(save), "\n"))
+		}
+	}
 }

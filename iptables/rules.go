@@ -52,13 +52,53 @@ type targets struct {
 // renderResult is a family's desired rules plus what could not be rendered.
 type renderResult struct {
 	set       ruleSet
-	conflicts []string // "chain spec-key" claimed twice; the first name (sorted) wins
+	conflicts []string // rules claimed twice; the first name (sorted) wins
 	ruleCount int
+	cache     renderCache
+}
+
+// rendered is one rule of one portal. key identifies what the rule matches
+// (two rules with the same chain and key would shadow each other).
+type rendered struct {
+	chain string
+	key   ruleKey
+	spec  string
+}
+
+type ruleKey struct {
+	dst   netip.Prefix // invalid: any destination
+	proto string
+	port  uint16
+}
+
+func (k ruleKey) String() string {
+	d := "any"
+	if k.dst.IsValid() {
+		d = k.dst.String()
+	}
+	return d + " " + k.proto + "/" + strconv.Itoa(int(k.port))
+}
+
+// renderCache keeps each portal's rendered rules between syncs, so a sync
+// formats only the portals that changed (at 10,000 services, formatting
+// every rule again is most of a sync's CPU).
+type renderCache map[cacheKey]cacheEntry
+
+type cacheKey struct {
+	name  svc.PortName
+	proto svc.Protocol
+}
+
+type cacheEntry struct {
+	portal svc.Portal
+	rules  []rendered
 }
 
 // render builds the desired rules of family f. Portals are sorted by name so
 // the output is deterministic and conflicts resolve the same way each time.
-func render(f family, t targets, portals []svc.Portal) renderResult {
+// cache holds the previous sync's rendered portals (nil: none); the result
+// carries the cache for the next sync.
+func render(f family, t targets, portals []svc.Portal, cache renderCache) renderResult {
 	sorted := slices.Clone(portals)
 	slices.SortFunc(sorted, func(a, b svc.Portal) int {
 		return cmp.Or(cmp.Compare(a.Port.Name.Namespace, b.Port.Name.Namespace),
@@ -70,61 +110,85 @@ func render(f family, t targets, portals []svc.Portal) renderResult {
 	for _, c := range ourChains {
 		r.set.exists[c.name] = true
 		r.set.jumps[c.name] = []string{c.jumpSpec}
+		r.set.rules[c.name] = make([]string, 0, len(portals))
 	}
-	seen := map[string]bool{}
-	add := func(chain, key, spec string) {
-		k := chain + " " + key
-		if seen[k] {
-			r.conflicts = append(r.conflicts, k)
-			return
-		}
-		seen[k] = true
-		r.set.rules[chain] = append(r.set.rules[chain], spec)
-		r.ruleCount++
+	type seenKey struct {
+		chain string
+		key   ruleKey
 	}
+	seen := make(map[seenKey]struct{}, 2*len(portals))
+	r.cache = make(renderCache, len(portals))
 	for _, p := range sorted {
-		proto := strings.ToLower(string(p.Port.Protocol))
-		if proto != "tcp" && proto != "udp" {
-			continue
+		ck := cacheKey{p.Port.Name, p.Port.Protocol}
+		var rules []rendered
+		if e, ok := cache[ck]; ok && e.portal.ProxyPort == p.ProxyPort && e.portal.Port.Equal(p.Port) {
+			rules = e.rules
+		} else {
+			rules = portalRules(f, t, p)
 		}
-		comment := commentArg(p.Port.Name)
-		for _, a := range p.Port.PortalAddrs() {
-			a = a.Unmap()
-			if !a.IsValid() || familyOf(a) != f {
+		r.cache[ck] = cacheEntry{portal: p, rules: rules}
+		for _, rr := range rules {
+			sk := seenKey{rr.chain, rr.key}
+			if _, dup := seen[sk]; dup {
+				r.conflicts = append(r.conflicts, rr.chain+" "+rr.key.String()+" ("+p.Port.Name.String()+")")
 				continue
 			}
-			dst := "-d " + a.String() + "/" + strconv.Itoa(f.bits())
-			key := dst + " " + proto + " " + strconv.Itoa(int(p.Port.Port))
-			if tgt, ok := t.containerTarget(p.ProxyPort); ok {
-				add(chainPortalsContainer, key, match(dst, proto, comment, p.Port.Port)+tgt)
-			}
-			if t.host.IsValid() {
-				add(chainPortalsHost, key, match(dst, proto, comment, p.Port.Port)+dnat(t.host, p.ProxyPort))
-			}
+			seen[sk] = struct{}{}
+			r.set.rules[rr.chain] = append(r.set.rules[rr.chain], rr.spec)
+			r.ruleCount++
 		}
-		if p.Port.NodePort == 0 || !hasFamily(p.Port, f) || t.noNodePorts {
-			continue
-		}
-		dsts := []string{""}
-		if t.nodePortDst != nil {
-			dsts = dsts[:0]
-			for _, pfx := range t.nodePortDst {
-				dsts = append(dsts, "-d "+pfx.Masked().String())
-			}
-		}
-		for _, dst := range dsts {
-			key := dst + " " + proto + " " + strconv.Itoa(int(p.Port.NodePort))
-			if tgt, ok := t.containerTarget(p.ProxyPort); ok {
-				add(chainNodePortContainer, key, match(dst, proto, comment, p.Port.NodePort)+tgt)
-			}
-			if t.host.IsValid() {
-				add(chainNodePortHost, key, match(dst, proto, comment, p.Port.NodePort)+dnat(t.host, p.ProxyPort))
-			}
-		}
-		add(chainNodePortNonLocal, proto+" "+strconv.Itoa(int(p.ProxyPort)),
-			match("", proto, comment, p.ProxyPort)+" -m conntrack --ctstate NEW -j ACCEPT")
 	}
 	return r
+}
+
+// portalRules renders one portal's rules in family f.
+func portalRules(f family, t targets, p svc.Portal) []rendered {
+	proto := strings.ToLower(string(p.Port.Protocol))
+	if proto != "tcp" && proto != "udp" {
+		return nil
+	}
+	var out []rendered
+	add := func(chain string, key ruleKey, spec string) {
+		out = append(out, rendered{chain, key, spec})
+	}
+	comment := commentArg(p.Port.Name)
+	for _, a := range p.Port.PortalAddrs() {
+		a = a.Unmap()
+		if !a.IsValid() || familyOf(a) != f {
+			continue
+		}
+		key := ruleKey{netip.PrefixFrom(a, f.bits()), proto, p.Port.Port}
+		dst := "-d " + key.dst.String()
+		if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+			add(chainPortalsContainer, key, match(dst, proto, comment, p.Port.Port)+tgt)
+		}
+		if t.host.IsValid() {
+			add(chainPortalsHost, key, match(dst, proto, comment, p.Port.Port)+dnat(t.host, p.ProxyPort))
+		}
+	}
+	if p.Port.NodePort == 0 || !hasFamily(p.Port, f) || t.noNodePorts {
+		return out
+	}
+	dsts := []netip.Prefix{{}}
+	if t.nodePortDst != nil {
+		dsts = t.nodePortDst
+	}
+	for _, pfx := range dsts {
+		key := ruleKey{pfx, proto, p.Port.NodePort}
+		dst := ""
+		if pfx.IsValid() {
+			dst = "-d " + pfx.String()
+		}
+		if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+			add(chainNodePortContainer, key, match(dst, proto, comment, p.Port.NodePort)+tgt)
+		}
+		if t.host.IsValid() {
+			add(chainNodePortHost, key, match(dst, proto, comment, p.Port.NodePort)+dnat(t.host, p.ProxyPort))
+		}
+	}
+	add(chainNodePortNonLocal, ruleKey{proto: proto, port: p.ProxyPort},
+		match("", proto, comment, p.ProxyPort)+" -m conntrack --ctstate NEW -j ACCEPT")
+	return out
 }
 
 // match renders the match part of a rule in iptables-save's order.
@@ -190,11 +254,16 @@ func (c Config) targetsFor(f family) targets {
 	if len(c.NodePortAddresses) > 0 {
 		t.nodePortDst = []netip.Prefix{}
 		for _, p := range c.NodePortAddresses {
-			if p.IsValid() && familyOf(p.Addr()) == f {
-				t.nodePortDst = append(t.nodePortDst, p)
+			if !p.IsValid() || familyOf(p.Addr()) != f {
+				continue
 			}
+			if p.Bits() == 0 { // 0.0.0.0/0 or ::/0: every local address
+				t.nodePortDst = nil
+				break
+			}
+			t.nodePortDst = append(t.nodePortDst, p.Masked())
 		}
-		t.noNodePorts = len(t.nodePortDst) == 0
+		t.noNodePorts = t.nodePortDst != nil && len(t.nodePortDst) == 0
 	}
 	return t
 }
