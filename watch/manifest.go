@@ -104,7 +104,7 @@ func splitDocuments(data []byte) [][]byte {
 func decodeDocument(raw []byte, allowList bool) (objs []runtime.Object, ignored []string, err error) {
 	js, err := yaml.YAMLToJSONStrict(raw)
 	if err != nil {
-		return nil, nil, fmt.Errorf("not valid YAML: %w", err)
+		return nil, nil, fmt.Errorf("not valid YAML or JSON: %w", err)
 	}
 	if t := bytes.TrimSpace(js); bytes.Equal(t, []byte("null")) || len(t) == 0 {
 		return nil, nil, nil // comments only

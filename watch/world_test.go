@@ -29,6 +29,7 @@ type recordSink struct {
 	ports     []svc.Port
 	eps       map[svc.PortName][]svc.Endpoint
 	syncCalls int
+	portCount []int // len(ports) of every SyncPorts
 	epCalls   int
 	epUpdates []map[svc.PortName][]svc.Endpoint
 	syncErr   error // returned by SyncPorts while set
@@ -46,6 +47,7 @@ func (s *recordSink) SyncPorts(_ context.Context, ports []svc.Port) error {
 	defer s.mu.Unlock()
 	defer s.signal()
 	s.syncCalls++
+	s.portCount = append(s.portCount, len(ports))
 	if s.syncErr != nil {
 		return s.syncErr
 	}
@@ -123,11 +125,19 @@ func testLogger(t testing.TB) zerolog.Logger {
 
 func newWorld(t testing.TB, opts Options, objs ...runtime.Object) *world {
 	t.Helper()
-	w := &world{client: fake.NewClientset(objs...), sink: newRecordSink()}
+	client := fake.NewClientset(objs...)
+	w := runWorld(t, opts, NewKubeSource(client, opts, testLogger(t)))
+	w.client = client
+	return w
+}
+
+// runWorld runs src, a tracker and a runner until the test ends.
+func runWorld(t testing.TB, opts Options, src Source) *world {
+	t.Helper()
+	w := &world{sink: newRecordSink()}
 	log := testLogger(t)
 	w.tracker = NewTracker(opts, log)
 	w.runner = NewRunner(w.tracker, w.sink, opts, log)
-	src := NewKubeSource(w.client, opts, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
