@@ -159,4 +159,3 @@ func checkManifestObjects(t *testing.T, docs []manifestDoc) {
 		}
 	}
 }
-
