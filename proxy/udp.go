@@ -30,9 +30,8 @@ type udpServer struct {
 	ps   *portState
 	conn *net.UDPConn
 
-	mu       sync.Mutex // guards sessions and closed
+	mu       sync.Mutex // guards sessions
 	sessions map[netip.AddrPort]*udpSession
-	closed   bool
 }
 
 type udpSession struct {
@@ -145,7 +144,6 @@ func (s *udpServer) logCap() {
 
 func (s *udpServer) closeSessions() {
 	s.mu.Lock()
-	s.closed = true
 	for k, sess := range s.sessions {
 		delete(s.sessions, k)
 		sess.closeLocked()
