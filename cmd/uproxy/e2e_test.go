@@ -1,0 +1,590 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests run the real binary (built once per test run into a
+// temporary directory) from manifests in direct portal mode: no root, no
+// iptables, traffic only on 127.0.0.0/8.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildDir  string
+)
+
+// uproxyBinary builds bin/uproxy once for the package's tests.
+func uproxyBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "uproxy-e2e-")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(buildDir, "uproxy")
+		cmd := exec.Command("go", "build", "-o", binPath, "-ldflags", "-X github.com/uproxy/uproxy/cmd/uproxy/version.Version=e2e-test", ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// echoServer accepts on 127.0.0.1:0, greets each connection with its name
+// and a newline, then echoes lines back until EOF.
+func echoServer(t *testing.T, name string) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards conns
+	conns := map[net.Conn]bool{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if _, err := fmt.Fprintf(c, "%s\n", name); err != nil {
+					return
+				}
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().(*net.TCPAddr)
+}
+
+// udpEcho answers every datagram with "udp-echo:" and the payload.
+func udpEcho(t *testing.T) *net.UDPAddr {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("udp-echo:"), buf[:n]...), from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return pc.LocalAddr().(*net.UDPAddr)
+}
+
+// freePort returns a port free on ip for network now (the kernel may hand
+// it out again later; the tests use it at once).
+func freePort(t *testing.T, network, ip string) int {
+	t.Helper()
+	switch network {
+	case "tcp":
+		ln, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	default:
+		pc, err := net.ListenPacket("udp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		return pc.LocalAddr().(*net.UDPAddr).Port
+	}
+}
+
+const e2eManifest = `apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: default
+spec:
+  clusterIP: 127.0.0.77
+  ports:
+  - {name: tcp, port: %[1]d, protocol: TCP}
+  - {name: udp, port: %[2]d, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-abc
+  namespace: default
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv4
+ports:
+- {name: tcp, port: %[3]d, protocol: TCP}
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: echo-a}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-def
+  namespace: default
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv4
+ports:
+- {name: tcp, port: %[4]d, protocol: TCP}
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: echo-b}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-ghi
+  namespace: default
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv4
+ports:
+- {name: tcp, port: %[5]d, protocol: TCP}
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: echo-c}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-udp
+  namespace: default
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv4
+ports:
+- {name: udp, port: %[6]d, protocol: UDP}
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {ready: true}
+`
+
+// process is a running uproxy with its log.
+type process struct {
+	cmd     *exec.Cmd
+	mu      sync.Mutex // guards log
+	log     []string
+	addrs   map[string]chan string // "healthz"/"metrics" -> bound address
+	logDone chan struct{}          // closed when stderr hits EOF
+	exited  chan struct{}          // closed when Wait returned
+	err     error                  // Wait's result, valid after exited
+}
+
+var servingRE = regexp.MustCompile(`"server":"(\w+)","addr":"([^"]+)"`)
+
+// startUproxy runs the binary with args and collects its JSON log.
+func startUproxy(t *testing.T, args ...string) *process {
+	t.Helper()
+	p := &process{
+		cmd:     exec.Command(uproxyBinary(t), args...),
+		addrs:   map[string]chan string{"healthz": make(chan string, 1), "metrics": make(chan string, 1)},
+		logDone: make(chan struct{}),
+		exited:  make(chan struct{}),
+	}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go p.readLog(stderr)
+	go func() {
+		<-p.logDone
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("uproxy log:\n%s", p.logText())
+		}
+	})
+	return p
+}
+
+// readLog reads stderr until EOF, noting the HTTP servers' addresses.
+func (p *process) readLog(r io.Reader) {
+	defer close(p.logDone)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		p.mu.Lock()
+		p.log = append(p.log, line)
+		p.mu.Unlock()
+		if m := servingRE.FindStringSubmatch(line); m != nil {
+			if ch, ok := p.addrs[m[1]]; ok {
+				select {
+				case ch <- m[2]:
+				default:
+				}
+			}
+		}
+	}
+}
+
+func (p *process) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.log, "\n")
+}
+
+// waitLog waits until one log line contains every string in all.
+func (p *process) waitLog(t *testing.T, within time.Duration, all ...string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		found := slices.ContainsFunc(p.log, func(line string) bool {
+			for _, s := range all {
+				if !strings.Contains(line, s) {
+					return false
+				}
+			}
+			return true
+		})
+		p.mu.Unlock()
+		if found {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no log line containing all of %q within %s", all, within)
+}
+
+func (p *process) addr(t *testing.T, server string) string {
+	t.Helper()
+	select {
+	case a := <-p.addrs[server]:
+		p.addrs[server] <- a // keep it for later calls
+		return "http://" + a
+	case <-p.exited:
+		t.Fatalf("uproxy exited before serving %s: %v", server, p.err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("uproxy did not report its %s address", server)
+	}
+	return ""
+}
+
+// waitExit waits for the process and returns its exit code.
+func (p *process) waitExit(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(within):
+		t.Fatalf("uproxy did not exit within %s", within)
+	}
+	if p.err == nil {
+		return 0
+	}
+	if ee, ok := p.err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	t.Fatalf("wait: %v", p.err)
+	return -1
+}
+
+// readName connects to addr and returns the backend's greeting.
+func readName(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("reading greeting: %w", err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+func TestE2EManifestsDirect(t *testing.T) {
+	backends := []*net.TCPAddr{echoServer(t, "echo-a"), echoServer(t, "echo-b"), echoServer(t, "echo-c")}
+	udpBackend := udpEcho(t)
+	tcpPort, udpPort := freePort(t, "tcp", "127.0.0.77"), freePort(t, "udp", "127.0.0.77")
+	dir := t.TempDir()
+	manifest := fmt.Sprintf(e2eManifest, tcpPort, udpPort, backends[0].Port, backends[1].Port, backends[2].Port, udpBackend.Port)
+	if err := os.WriteFile(filepath.Join(dir, "echo.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	p := startUproxy(t, "--manifests", dir, "--portal-mode", "direct", "--hostname-override", "e2e-node",
+		"--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0", "--shutdown-grace", "20s")
+	healthz, metrics := p.addr(t, "healthz"), p.addr(t, "metrics")
+
+	// Ready: /healthz 200 once the manifests are applied.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, _, body := get(t, healthz+"/healthz")
+		if code == 200 {
+			decodeHealth(t, body, "lastUpdated", "currentTime", "nodeEligible", "healthy")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz still %d: %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Round robin over TCP: 30 sequential connections, 10 per backend.
+	svcAddr := fmt.Sprintf("127.0.0.77:%d", tcpPort)
+	counts := map[string]int{}
+	for range 30 {
+		name, err := readName(svcAddr)
+		if err != nil {
+			t.Fatalf("connection through %s: %v", svcAddr, err)
+		}
+		counts[name]++
+	}
+	if want := map[string]int{"echo-a": 10, "echo-b": 10, "echo-c": 10}; !mapsEqual(counts, want) {
+		t.Errorf("round robin over 30 connections = %v, want %v", counts, want)
+	}
+
+	// UDP: an answer through the portal.
+	uc, err := net.Dial("udp", fmt.Sprintf("127.0.0.77:%d", udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if _, err := uc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	_ = uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 100)
+	n, err := uc.Read(buf)
+	if err != nil || string(buf[:n]) != "udp-echo:ping" {
+		t.Errorf("UDP answer = %q, %v; want udp-echo:ping", buf[:n], err)
+	}
+
+	// /debug/services, text and JSON.
+	code, _, text := get(t, metrics+"/debug/services")
+	if code != 200 || !strings.Contains(string(text), "default/echo:tcp") || !strings.Contains(string(text), svcAddr) {
+		t.Errorf("/debug/services = %d:\n%s", code, text)
+	}
+	t.Logf("/debug/services:\n%s", text)
+	code, _, js := get(t, metrics+"/debug/services?format=json")
+	var ports []struct {
+		Name             string            `json:"name"`
+		Protocol         string            `json:"protocol"`
+		Portals          []string          `json:"portals"`
+		TotalConnections uint64            `json:"totalConnections"`
+		Endpoints        []json.RawMessage `json:"endpoints"`
+	}
+	if err := json.Unmarshal(js, &ports); code != 200 || err != nil {
+		t.Fatalf("/debug/services?format=json = %d, %v:\n%s", code, err, js)
+	}
+	i := slices.IndexFunc(ports, func(p struct {
+		Name             string            `json:"name"`
+		Protocol         string            `json:"protocol"`
+		Portals          []string          `json:"portals"`
+		TotalConnections uint64            `json:"totalConnections"`
+		Endpoints        []json.RawMessage `json:"endpoints"`
+	}) bool {
+		return p.Name == "default/echo:tcp"
+	})
+	if i < 0 || ports[i].Protocol != "TCP" || len(ports[i].Endpoints) != 3 || ports[i].TotalConnections != 30 ||
+		!slices.Contains(ports[i].Portals, svcAddr) {
+		t.Errorf("default/echo:tcp in JSON = %+v", ports)
+	}
+
+	// Metrics after traffic.
+	code, _, body := get(t, metrics+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics = %d", code)
+	}
+	names := metricNames(string(body))
+	for _, want := range []string{"uproxy_connections_total", "uproxy_connections_active", "uproxy_bytes_total",
+		"uproxy_udp_sessions_total", "uproxy_listeners", "uproxy_endpoint_connections_total", "uproxy_build_info",
+		"kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_network_programming_duration_seconds",
+		"kubeproxy_proxy_healthz_total", "process_open_fds", "go_goroutines"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
+	if !regexp.MustCompile(`uproxy_connections_total\{[^}]*service_port="default/echo:tcp"[^}]*\} 30`).Match(body) {
+		t.Errorf("uproxy_connections_total for default/echo:tcp is not 30:\n%s", grepLines(string(body), "uproxy_connections_total"))
+	}
+	var ours []string
+	for _, n := range names {
+		if strings.HasPrefix(n, "uproxy_") || strings.HasPrefix(n, "kubeproxy_") {
+			ours = append(ours, n)
+		}
+	}
+	t.Logf("metric names: %s", strings.Join(ours, " "))
+
+	// SIGTERM with a connection open: the listener closes, the open
+	// connection keeps working until it ends, then uproxy exits 0.
+	held, err := net.Dial("tcp", svcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	hr := bufio.NewReader(held)
+	_ = held.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := hr.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, 10*time.Second, `"message":"stopped listening"`, `"service":"default/echo:tcp"`)
+	if c, err := net.DialTimeout("tcp", svcAddr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("new connection to %s accepted after SIGTERM", svcAddr)
+	}
+	if _, err := fmt.Fprintf(held, "still here\n"); err != nil {
+		t.Fatalf("write on the draining connection: %v", err)
+	}
+	if line, err := hr.ReadString('\n'); err != nil || line != "still here\n" {
+		t.Fatalf("echo on the draining connection = %q, %v", line, err)
+	}
+	held.Close()
+	if code := p.waitExit(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0", code)
+	}
+	if !strings.Contains(p.logText(), "uproxy stopped") {
+		t.Errorf("no clean stop in the log")
+	}
+}
+
+func TestE2ECommandLine(t *testing.T) {
+	bin := uproxyBinary(t)
+	tests := map[string]struct {
+		args     []string
+		code     int
+		stdout   string // substring
+		stderr   string // exact, "" = anything
+		oneLine  bool
+		noStderr bool
+	}{
+		"version":      {args: []string{"--version"}, code: 0, stdout: "uproxy e2e-test (go"},
+		"help":         {args: []string{"--help"}, code: 0, stdout: "--portal-mode string"},
+		"unknown flag": {args: []string{"--proxy-mode=ipvs"}, code: 2, stderr: "uproxy: unknown flag: --proxy-mode\n"},
+		"bad value": {
+			args: []string{"--udp-timeout=0s"}, code: 2,
+			stderr: "uproxy: invalid --udp-timeout 0s: must be greater than 0\n",
+		},
+		"bad port range": {
+			args: []string{"--proxy-port-range=9-1"}, code: 2,
+			stderr: "uproxy: invalid --proxy-port-range: port range \"9-1\": last port 1 is below first port 9\n",
+		},
+		"missing manifests": {
+			args: []string{"--manifests=/nonexistent/uproxy", "--portal-mode=direct", "--healthz-bind-address=", "--metrics-bind-address="},
+			code: 1,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tc.args...)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d; stderr %s", code, tc.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.stdout) {
+				t.Errorf("stdout %q does not contain %q", stdout.String(), tc.stdout)
+			}
+			if tc.stderr != "" && stderr.String() != tc.stderr {
+				t.Errorf("stderr %q, want %q", stderr.String(), tc.stderr)
+			}
+		})
+	}
+}
+
+func mapsEqual(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// metricNames lists the metric family names in a text exposition.
+func metricNames(body string) []string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			out = append(out, f[2])
+		}
+	}
+	return out
+}
+
+func grepLines(body, s string) string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
