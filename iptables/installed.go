@@ -86,6 +86,9 @@ func proxyPortOf(spec string) (svc.PortName, uint16, bool) {
 // affected, and they expire after the UDP conntrack timeout).
 func (p *Programmer) cleanConntrack(ctx context.Context, portals []svc.Portal) {
 	cur := udpPortals(portals)
+	if p.udp == nil {
+		p.udp, p.udpSeed = p.udpSeed, nil
+	}
 	for k, pp := range p.udp {
 		if cur[k] != pp {
 			p.pendingCT[k] = true
@@ -131,6 +134,35 @@ func udpPortals(portals []svc.Portal) map[ctFlow]uint16 {
 		}
 		if p.Port.NodePort != 0 {
 			out[ctFlow{port: p.Port.NodePort}] = p.ProxyPort
+		}
+	}
+	return out
+}
+
+// installedUDP reads the UDP portals (address:port, and *:nodePort) and their
+// proxy ports from installed rules.
+func installedUDP(rs ruleSet) map[ctFlow]uint16 {
+	out := map[ctFlow]uint16{}
+	for _, chain := range []string{chainPortalsContainer, chainNodePortContainer} {
+		for _, spec := range rs.rules[chain] {
+			args, err := splitArgs(spec)
+			if err != nil || argAfter(args, "-p") != "udp" {
+				continue
+			}
+			_, proxy, ok := proxyPortOf(spec)
+			port, err := strconv.ParseUint(argAfter(args, "--dport"), 10, 16)
+			if !ok || err != nil {
+				continue
+			}
+			k := ctFlow{port: uint16(port)}
+			if chain == chainPortalsContainer {
+				pfx, err := netip.ParsePrefix(argAfter(args, "-d"))
+				if err != nil || !pfx.IsSingleIP() {
+					continue
+				}
+				k.addr = pfx.Addr()
+			}
+			out[k] = proxy
 		}
 	}
 	return out

@@ -65,12 +65,13 @@ type Programmer struct {
 	m           *metrics
 	checkPeriod time.Duration
 
-	// mu guards fams, udp, pendingCT and conflicts: SyncPortals (the sync
+	// mu guards fams, udp, udpSeed, pendingCT and conflicts: SyncPortals (the sync
 	// loop) and InstalledProxyPorts (start-up) may run on different
 	// goroutines; each call holds mu for its whole duration.
 	mu        sync.Mutex
 	fams      [2]*famState
 	udp       map[ctFlow]uint16 // UDP portal -> proxy port, as of the last sync
+	udpSeed   map[ctFlow]uint16 // UDP portals found in the rules of a previous run
 	pendingCT map[ctFlow]bool   // stale UDP flows still to delete
 	conflicts [2]string
 }
@@ -118,6 +119,7 @@ func newProgrammer(cfg Config, log zerolog.Logger, r runner, ct conntracker, now
 		run: r, ct: ct, now: now, m: newMetrics(),
 		checkPeriod: cfg.CheckPeriod,
 		pendingCT:   map[ctFlow]bool{},
+		udpSeed:     map[ctFlow]uint16{},
 	}
 	if p.checkPeriod <= 0 {
 		p.checkPeriod = DefaultCheckPeriod
@@ -255,6 +257,13 @@ func (p *Programmer) readInto(ctx context.Context, st *famState) (int, error) {
 	n := 0
 	if st.known {
 		n = countDiff(actual, st.model)
+	} else if p.udp == nil {
+		// First look at rules a previous run left: remember their UDP
+		// portals so that the first sync also flushes conntrack entries
+		// of portals that moved to another proxy port meanwhile.
+		for k, v := range installedUDP(actual) {
+			p.udpSeed[k] = v
+		}
 	}
 	st.model, st.known, st.lastRead = actual, true, p.now()
 	return n, nil

@@ -560,3 +560,34 @@ func TestChangedServiceIsRerendered(t *testing.T) {
 		}
 	}
 }
+
+func TestUDPConntrackAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	dns := web(30053, func(p *svc.Port) {
+		p.Name.Name, p.Protocol, p.Port, p.NodePort = "dns", svc.UDP, 53, 30054
+	})
+	if err := p.SyncPortals(ctx, []svc.Portal{dns}); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted uproxy gets another proxy port for the service: the
+	// entries that followed the old rules must go at its first sync.
+	ct := &fakeConntrack{}
+	p2, err := newProgrammer(baseConfig(), testLog(t), r, ct, nowFunc())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.SyncPortals(ctx, []svc.Portal{withProxyPort(dns, 30099)}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range ct.calls {
+		for _, f := range c {
+			got = append(got, f.String())
+		}
+	}
+	slices.Sort(got)
+	if want := []string{"*:30054/udp", "10.96.0.10:53/udp"}; !slices.Equal(got, want) {
+		t.Errorf("deleted %v, want %v", got, want)
+	}
+}
