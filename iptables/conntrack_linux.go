@@ -3,30 +3,10 @@ package iptables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// ctFlow names stale UDP conntrack entries by their original destination:
-// a portal address and port, or (addr invalid) a NodePort on any address.
-type ctFlow struct {
-	addr netip.Addr
-	port uint16
-}
-
-func (c ctFlow) String() string {
-	if !c.addr.IsValid() {
-		return fmt.Sprintf("*:%d/udp", c.port)
-	}
-	return netip.AddrPortFrom(c.addr, c.port).String() + "/udp"
-}
-
-// conntracker deletes UDP conntrack entries (the seam tests replace).
-type conntracker interface {
-	deleteUDP(ctx context.Context, flows []ctFlow) (uint, error)
-}
 
 // netlinkConntrack deletes entries through netlink (the kernel's
 // ctnetlink), inside netns when set.

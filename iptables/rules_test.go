@@ -1,0 +1,132 @@
+package iptables
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/uproxy/uproxy/svc"
+)
+
+const (
+	jumpPortalsPre  = `-A PREROUTING -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-CONTAINER`
+	jumpPortalsOut  = `-A OUTPUT -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-HOST`
+	jumpNodePortPre = `-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-CONTAINER`
+	jumpNodePortOut = `-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-HOST`
+	jumpNonLocal    = `-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL`
+)
+
+// ourLines returns the -A lines of our chains and jumps in a save dump.
+func ourLines(save string) []string {
+	var out []string
+	for _, l := range strings.Split(save, "\n") {
+		if !strings.HasPrefix(l, "-A ") {
+			continue
+		}
+		chain, spec, _ := strings.Cut(l[3:], " ")
+		if t, _ := jumpTarget(spec); isOurChain(chain) || isOurChain(t) {
+			out = append(out, l)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRuleKinds(t *testing.T) {
+	jumps := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal}
+	tests := map[string]struct {
+		cfg     func(*Config)
+		portals []svc.Portal
+		fam     family
+		want    []string // our rule lines besides the five jumps, any order
+	}{
+		"ClusterIP, bound to 0.0.0.0: REDIRECT for pods, DNAT to the node IP for the host": {
+			portals: []svc.Portal{web(30001)},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+		"ClusterIP, bound to a node IP: DNAT to it from pods and host": {
+			cfg:     func(c *Config) { c.BindAddr = netip.MustParseAddr("10.0.0.5") },
+			portals: []svc.Portal{web(30001)},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.5:30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.5:30001`,
+			},
+		},
+		"NodePort: container and host rules plus the filter ACCEPT on the proxy port": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.NodePort = 30080 })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"NodePort restricted by --nodeport-addresses": {
+			cfg:     func(c *Config) { c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("10.0.0.7/24")} },
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = nil; p.NodePort = 30080 })},
+			want: []string{
+				`-A KUBE-NODEPORT-CONTAINER -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"ExternalIP": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = nil; p.ExternalIPs = addrs("192.0.2.7") })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+		"LoadBalancer ingress IP, UDP": {
+			portals: []svc.Portal{web(30002, func(p *svc.Port) {
+				p.ClusterIPs, p.Protocol, p.Port = nil, svc.UDP, 53
+				p.LoadBalancerIPs = addrs("203.0.113.9")
+			})},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 203.0.113.9/32 -p udp -m comment --comment "default/web:http" -m udp --dport 53 -j REDIRECT --to-ports 30002`,
+				`-A KUBE-PORTALS-HOST -d 203.0.113.9/32 -p udp -m comment --comment "default/web:http" -m udp --dport 53 -j DNAT --to-destination 10.0.0.1:30002`,
+			},
+		},
+		"IPv6 ClusterIP with ip6tables, host DNAT to [nodeIP]:port": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = addrs("fd00:96::10"); p.NodePort = 30080 })},
+			fam:     v6,
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination [fd00::1]:30001`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination [fd00::1]:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"unnamed port: comment is ns/name": {
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.Name.Port = "" })},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			cfg := baseConfig()
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			p, r, _ := newTestProgrammer(t, cfg)
+			if err := p.SyncPortals(context.Background(), tc.portals); err != nil {
+				t.Fatalf("SyncPortals: %v", err)
+			}
+			want := append(slices.Clone(jumps), tc.want...)
+			slices.Sort(want)
+			if got := ourLines(r.state[tc.fam].save()); !slices.Equal(got, want) {
+				t.Errorf("installed rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
