@@ -96,9 +96,11 @@ type httpServer struct {
 }
 
 // startHTTP binds addr now (so a bad or busy address fails start-up, and
-// port 0 gives the chosen port in Addr) and serves h until shutdown.
+// port 0 gives the chosen port in Addr) and serves h until shutdown. The
+// socket has SO_REUSEPORT: a second uproxy (DaemonSet surge) shares it.
 func startHTTP(name, addr string, h http.Handler, log zerolog.Logger) (*httpServer, error) {
-	ln, err := net.Listen("tcp", addr)
+	lc := net.ListenConfig{Control: reusePort}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s server: %w", name, err)
 	}
@@ -108,7 +110,6 @@ func startHTTP(name, addr string, h http.Handler, log zerolog.Logger) (*httpServ
 			Handler:           h,
 			ReadHeaderTimeout: 5 * time.Second,
 			IdleTimeout:       60 * time.Second,
-			ErrorLog:          nil,
 		},
 		ln:   ln,
 		done: make(chan error, 1),

@@ -28,11 +28,12 @@ const (
 // serve runs uproxy until ctx is cancelled (SIGTERM/SIGINT) or a component
 // fails, then shuts down in this order:
 //
-//  1. /healthz answers 503 (load balancers and readiness stop sending);
+//  1. the healthz server stops (requests in flight get 503): node health
+//     checks now reach a surging uproxy sharing the port, or fail;
 //  2. the sync loop and the source stop (no listener is opened again);
 //  3. the proxier closes its listeners and drains established connections
 //     for at most --shutdown-grace, then cuts what is left;
-//  4. the HTTP servers stop.
+//  4. the metrics server stops (it stays up during the drain to watch it).
 //
 // Portal rules are left in place: a restarted uproxy reads its proxy ports
 // back from them (iptables.InstalledProxyPorts) and listens on the same
@@ -157,6 +158,11 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	stop()
 	log.Info().AnErr("cause", stopErr).Dur("grace", opts.ShutdownGrace).Msg("shutting down: draining connections, portal rules stay")
 	health.shuttingDown.Store(true)
+	for i, srv := range servers {
+		if srv.name == "healthz" {
+			shutdownHTTP(servers[i:i+1], log)
+		}
+	}
 	cancelRun()
 	wg.Wait()
 	if proxier != nil {
