@@ -96,7 +96,9 @@ func TestDeployRBAC(t *testing.T) {
 		{"", "services", "list"}, {"", "services", "watch"},
 		{"discovery.k8s.io", "endpointslices", "list"}, {"discovery.k8s.io", "endpointslices", "watch"},
 	}
-	cmp := func(a, b grant) int { return strings.Compare(a.group+"/"+a.resource+"/"+a.verb, b.group+"/"+b.resource+"/"+b.verb) }
+	cmp := func(a, b grant) int {
+		return strings.Compare(a.group+"/"+a.resource+"/"+a.verb, b.group+"/"+b.resource+"/"+b.verb)
+	}
 	slices.SortFunc(got, cmp)
 	if !slices.Equal(got, want) {
 		t.Errorf("ClusterRole grants\n got %v\nwant %v", got, want)

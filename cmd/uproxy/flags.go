@@ -54,6 +54,7 @@ type options struct {
 	// uproxy's own flags
 	Manifests        string
 	PortalMode       string
+	IPTablesBackend  string // "", "nft" or "legacy"
 	ServiceProxyName string
 	LogLevel         zerolog.Level
 	LogFormat        string
@@ -93,6 +94,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 
 	fs.StringVar(&raw.manifests, "manifests", "", "Run without a cluster: read Services and EndpointSlices from this YAML/JSON file or directory (multi-document, as kubectl accepts) and re-apply it when it changes. Excludes --kubeconfig and --master.")
 	fs.StringVar(&raw.portalMode, "portal-mode", portalModeIPTables, "How traffic reaches the listeners: 'iptables' (portal rules redirect service IPs to proxy ports; needs CAP_NET_ADMIN) or 'direct' (no iptables; each service port listens on its portal IP:port itself; portals whose IP is not local are reported once and skipped).")
+	fs.StringVar(&raw.iptablesBackend, "iptables-backend", "", "Which iptables to run: '' (whatever 'iptables' is in the image), 'nft' (iptables-nft*) or 'legacy' (iptables-legacy*). Must match what the node's other iptables users (kubelet, CNI) use.")
 	fs.StringVar(&raw.serviceProxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=<this> (lets uproxy run beside kube-proxy). Empty: handle Services without that label, as kube-proxy does.")
 	fs.StringVar(&raw.logLevel, "log-level", "", "Log level: trace, debug, info, warn, error. Overrides -v for uproxy's own logs. Per-connection events are logged at debug.")
 	fs.StringVar(&raw.logFormat, "log-format", logFormatJSON, "Log format: 'json' (one object per line) or 'console' (human readable).")
@@ -111,6 +113,7 @@ type rawFlags struct {
 	healthzBindAddress, metricsBindAddress                            string
 	verbosity, udpMaxSessions                                         int
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
+	iptablesBackend                                                   string
 	shutdownGrace                                                     time.Duration
 }
 
@@ -155,6 +158,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		Verbosity:        raw.verbosity,
 		Manifests:        raw.manifests,
 		PortalMode:       raw.portalMode,
+		IPTablesBackend:  raw.iptablesBackend,
 		ServiceProxyName: raw.serviceProxyName,
 		LogFormat:        raw.logFormat,
 		UDPMaxSessions:   raw.udpMaxSessions,
@@ -202,6 +206,11 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 	case portalModeIPTables, portalModeDirect:
 	default:
 		return nil, fmt.Errorf("invalid --portal-mode %q: must be %q or %q", o.PortalMode, portalModeIPTables, portalModeDirect)
+	}
+	switch o.IPTablesBackend {
+	case "", "nft", "legacy":
+	default:
+		return nil, fmt.Errorf("invalid --iptables-backend %q: must be empty, \"nft\" or \"legacy\"", o.IPTablesBackend)
 	}
 	switch o.LogFormat {
 	case logFormatJSON, logFormatConsole:

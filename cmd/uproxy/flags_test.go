@@ -151,7 +151,12 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		"manifests with kubeconfig": {args: []string{"--manifests=/m", "--kubeconfig=/k"}, wantErr: "--manifests cannot be combined"},
-		"portal mode bad":           {args: []string{"--portal-mode=ipvs"}, wantErr: "invalid --portal-mode \"ipvs\""},
+		"iptables backend legacy": {
+			args:  []string{"--iptables-backend=legacy"},
+			check: func(o *options) bool { return o.IPTablesBackend == "legacy" },
+		},
+		"iptables backend bad": {args: []string{"--iptables-backend=ebpf"}, wantErr: "invalid --iptables-backend"},
+		"portal mode bad":      {args: []string{"--portal-mode=ipvs"}, wantErr: "invalid --portal-mode \"ipvs\""},
 		"udp max sessions": {
 			args:  []string{"--udp-max-sessions=10"},
 			check: func(o *options) bool { return o.UDPMaxSessions == 10 },
@@ -203,7 +208,7 @@ func TestParseFlagsHelp(t *testing.T) {
 	for _, name := range []string{"--kubeconfig", "--master", "--hostname-override", "--bind-address", "--proxy-port-range",
 		"--udp-timeout", "--iptables-sync-period", "--iptables-min-sync-period", "--config-sync-period",
 		"--nodeport-addresses", "--cleanup", "--healthz-bind-address", "--metrics-bind-address", "--profiling",
-		"--version", "-v, --v", "--manifests", "--portal-mode", "--service-proxy-name", "--log-level", "--log-format",
+		"--version", "-v, --v", "--manifests", "--portal-mode", "--iptables-backend", "--service-proxy-name", "--log-level", "--log-format",
 		"--udp-max-sessions", "--shutdown-grace", "--disable-ejection"} {
 		if !strings.Contains(b.String(), name) {
 			t.Errorf("usage does not document %s", name)

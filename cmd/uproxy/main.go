@@ -58,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	if opts.Cleanup {
-		if err := iptables.Cleanup(ctx, iptables.Config{}, log); err != nil {
+		if err := iptables.Cleanup(ctx, iptables.Config{Backend: opts.IPTablesBackend}, log); err != nil {
 			log.Error().Err(err).Msg("cleanup failed")
 			return 1
 		}

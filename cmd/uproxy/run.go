@@ -262,6 +262,7 @@ func newPortalProgrammer(ctx context.Context, opts *options, nodeIPs []netip.Add
 		NodeIPs:           nodeIPs,
 		NodePortAddresses: opts.NodePortAddresses,
 		CheckPeriod:       opts.SyncPeriod,
+		Backend:           opts.IPTablesBackend,
 	}
 	if opts.NodePortPrimary {
 		for _, a := range nodeIPs {
