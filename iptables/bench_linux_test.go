@@ -59,10 +59,10 @@ func BenchmarkFakeFullSync10k(b *testing.B) {
 	}
 }
 
-func benchProgrammer(b *testing.B) (*Programmer, Config) {
+func benchProgrammer(b *testing.B, backend string) (*Programmer, Config) {
 	b.Helper()
 	tb := newTestbed(b)
-	cfg := Config{BindAddr: netip.IPv4Unspecified(), NodeIPs: []netip.Addr{tb.nodeIP}, NetNS: tb.node}
+	cfg := Config{BindAddr: netip.IPv4Unspecified(), NodeIPs: []netip.Addr{tb.nodeIP}, NetNS: tb.node, Backend: backend}
 	p, err := New(cfg, zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
@@ -74,10 +74,20 @@ func benchProgrammer(b *testing.B) (*Programmer, Config) {
 // empty chains, real iptables inside a test namespace.
 func BenchmarkRealFullSync10k(b *testing.B) {
 	for _, sz := range benchSizes() {
-		b.Run(sz.name, func(b *testing.B) {
-			p, cfg := benchProgrammer(b)
+		for _, backend := range []string{"nft", "legacy"} {
+			b.Run(sz.name+"/"+backend, func(b *testing.B) {
+				benchFullSync(b, sz.nodePorts, backend)
+			})
+		}
+	}
+}
+
+func benchFullSync(b *testing.B, nodePorts bool, backend string) {
+	{
+		{
+			p, cfg := benchProgrammer(b, backend)
 			ctx := context.Background()
-			portals := manyPortals(10000, sz.nodePorts)
+			portals := manyPortals(10000, nodePorts)
 			restore := 0.0
 			for b.Loop() {
 				b.StopTimer()
@@ -97,7 +107,7 @@ func BenchmarkRealFullSync10k(b *testing.B) {
 				b.StartTimer()
 			}
 			b.ReportMetric(restore/float64(b.N), "restore-s/op")
-		})
+		}
 	}
 }
 
@@ -106,7 +116,7 @@ func BenchmarkRealFullSync10k(b *testing.B) {
 func BenchmarkRealAddOneAt10k(b *testing.B) {
 	for _, sz := range benchSizes() {
 		b.Run(sz.name, func(b *testing.B) {
-			p, _ := benchProgrammer(b)
+			p, _ := benchProgrammer(b, "nft")
 			ctx := context.Background()
 			base := manyPortals(10001, sz.nodePorts)
 			with, without := base, base[:10000]

@@ -65,7 +65,7 @@ type Programmer struct {
 	m           *metrics
 	checkPeriod time.Duration
 
-	// mu guards fams, udp, udpSeed, pendingCT and conflicts: SyncPortals (the sync
+	// mu guards fams, udp, udpSeed, pendingCT, conflicts and warnedTargets: SyncPortals (the sync
 	// loop) and InstalledProxyPorts (start-up) may run on different
 	// goroutines; each call holds mu for its whole duration.
 	mu        sync.Mutex
@@ -74,6 +74,8 @@ type Programmer struct {
 	udpSeed   map[ctFlow]uint16 // UDP portals found in the rules of a previous run
 	pendingCT map[ctFlow]bool   // stale UDP flows still to delete
 	conflicts [2]string
+	// warnedTargets: the missing-target warning was logged for a family.
+	warnedTargets [2]bool
 }
 
 var _ svc.PortalSyncer = (*Programmer)(nil)
@@ -182,7 +184,13 @@ func (p *Programmer) syncLocked(ctx context.Context, portals []svc.Portal) error
 		if !st.active {
 			continue
 		}
-		res := render(st.f, p.cfg.targetsFor(st.f), portals, st.cache)
+		t := p.cfg.targetsFor(st.f)
+		if _, ok := t.containerTarget(1); (!ok || !t.host.IsValid()) && !p.warnedTargets[st.f] && countFamily(portals, st.f) > 0 {
+			p.warnedTargets[st.f] = true
+			p.log.Warn().Stringer("family", st.f).Bool("fromPods", ok).Bool("fromNode", t.host.IsValid()).
+				Msg("some portal traffic of this family cannot be redirected: no bind address or node IP of the family; those rules are left out")
+		}
+		res := render(st.f, t, portals, st.cache)
 		st.cache = res.cache
 		normalize(res.set)
 		p.noteConflicts(st.f, res.conflicts)

@@ -104,6 +104,18 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
+		"IPv6 portal with an IPv4 bind address: left out": {
+			cfg:     func(c *Config) { c.BindAddr = netip.MustParseAddr("10.0.0.5") },
+			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = addrs("fd00:96::10") })},
+			fam:     v6,
+		},
+		"IPv4 portal on an IPv6-only node: pods REDIRECTed, no host rule": {
+			cfg:     func(c *Config) { c.NodeIPs = []netip.Addr{nodeV6} },
+			portals: []svc.Portal{web(30001)},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+			},
+		},
 		"unnamed port: comment is ns/name": {
 			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.Name.Port = "" })},
 			want: []string{
