@@ -351,3 +351,19 @@ func sumRestores(p *Programmer) float64 {
 func repairs(p *Programmer) float64 {
 	return testutil.ToFloat64(p.m.repairs.WithLabelValues("ipv4")) + testutil.ToFloat64(p.m.repairs.WithLabelValues("ipv6"))
 }
+
+func TestRealRestoreErrorNamesLine(t *testing.T) {
+	tb := newTestbed(t)
+	r := execRunner{netns: tb.node}
+	input := "*nat\n:KUBE-PORTALS-HOST - [0:0]\n-A KUBE-PORTALS-HOST -p tcp -j NO-SUCH-CHAIN\nCOMMIT\n"
+	err := r.restore(context.Background(), v4, []byte(input))
+	if err == nil {
+		t.Fatal("restore of a rule jumping to a missing chain succeeded")
+	}
+	for _, want := range []string{"iptables-restore --noflush", "NO-SUCH-CHAIN", "input line"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	t.Logf("restore error: %v", err)
+}

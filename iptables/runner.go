@@ -128,7 +128,7 @@ func (r execRunner) restore(ctx context.Context, f family, input []byte) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.TrimSpace(stderr.String())
+	msg := oneLine(stderr.String())
 	if m := lineRE.FindStringSubmatch(msg); m != nil {
 		if n, _ := strconv.Atoi(m[1]); n > 0 {
 			if lines := strings.Split(string(input), "\n"); n <= len(lines) {
@@ -151,7 +151,7 @@ func (r execRunner) save(ctx context.Context, f family) ([]byte, error) {
 		return c.Run()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", cmd, err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("%s: %w: %s", cmd, err, oneLine(stderr.String()))
 	}
 	return out.Bytes(), nil
 }
@@ -191,4 +191,15 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, cmdTimeout)
+}
+
+// oneLine joins a tool's stderr lines with "; ", dropping the usage hint.
+func oneLine(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "Try `") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "; ")
 }
