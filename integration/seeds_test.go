@@ -25,12 +25,16 @@ func TestSeed000ScaleUnderLoad(t *testing.T) {
 
 	loop := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: u, Workers: 4})
 	w.sleep(2 * time.Second)
+	t.Logf("%s scale 1 -> 3", time.Now().Format("15:04:05.000"))
 	w.scale("proddetail", 3)
 	scaledOut := time.Now()
+	t.Logf("%s scaled out: %v", scaledOut.Format("15:04:05.000"), w.readyPods("proddetail"))
 	three := w.readyPods("proddetail")
 	w.sleep(4 * time.Second)
 	afterOut := loop.Snapshot().Between(scaledOut, time.Now())
+	t.Logf("%s scale 3 -> 1", time.Now().Format("15:04:05.000"))
 	w.scale("proddetail", 1)
+	t.Logf("%s scaled in: %v", time.Now().Format("15:04:05.000"), w.readyPods("proddetail"))
 	w.sleep(2 * time.Second)
 	s := loop.Stop()
 

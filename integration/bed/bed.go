@@ -127,7 +127,10 @@ func New(ctx context.Context, opts Options) (_ *Bed, err error) {
 func (b *Bed) path(name string) string { return filepath.Join(b.Dir, name) }
 
 // setupNode creates the node namespace: bridge 10.244.0.1/24, default route
-// on the bridge (node-IP detection), ip_forward on.
+// on the bridge (node-IP detection), ip_forward on. br_netfilter is switched
+// off in the namespace (when the kernel has it): clients reach service IPs
+// routed through the bridge address, so nat PREROUTING sees them without it,
+// and the bed proves that.
 func (b *Bed) setupNode() error {
 	n, err := NewNetns("node")
 	if err != nil {
@@ -135,7 +138,10 @@ func (b *Bed) setupNode() error {
 	}
 	b.Node = n
 	if err := n.IPBatch(
-		"link add "+BridgeName+" type bridge",
+		// A fixed MAC: a bridge without one takes the lowest MAC of its
+		// ports and changes it as pods come and go, which leaves clients'
+		// ARP entries for the node pointing at a pod's veth (SYNs vanish).
+		"link add "+BridgeName+" address "+macFor(1)+" type bridge",
 		"addr add "+NodeIP+"/24 dev "+BridgeName,
 		"link set "+BridgeName+" up",
 		"route add default dev "+BridgeName,
@@ -143,6 +149,11 @@ func (b *Bed) setupNode() error {
 		return err
 	}
 	_, err = n.Output(context.Background(), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	if err != nil {
+		return err
+	}
+	_, err = n.Output(context.Background(), "sysctl", "-q", "-e", "-w",
+		"net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0")
 	return err
 }
 

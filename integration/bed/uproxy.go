@@ -93,7 +93,8 @@ func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
 		"--healthz-bind-address", HealthzAddr, "--metrics-bind-address", MetricsAddr,
 		"--portal-mode", o.PortalMode, "--log-level", o.LogLevel, "--shutdown-grace", "5s",
 	}, o.Args...)
-	logPath := filepath.Join(t.TempDir(), "uproxy.log")
+	// In the bed directory, which Main keeps when a test failed.
+	logPath := b.path(fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 	p, err := StartProc(b.Node, "uproxy", logPath, nil, append([]string{o.Binary}, args...)...)
 	if err != nil {
 		t.Fatalf("start uproxy: %v", err)
