@@ -354,7 +354,16 @@ func readName(addr string) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-func TestE2EManifestsDirect(t *testing.T) {
+// e2eWorld is a running uproxy in front of three TCP echo backends and one
+// UDP echo backend, ready (/healthz 200).
+type e2eWorld struct {
+	p                *process
+	healthz, metrics string // http://addr
+	tcpAddr, udpAddr string // the service's portal addresses
+}
+
+func newE2EWorld(t *testing.T) *e2eWorld {
+	t.Helper()
 	backends := []*net.TCPAddr{echoServer(t, "echo-a"), echoServer(t, "echo-b"), echoServer(t, "echo-c")}
 	udpBackend := udpEcho(t)
 	tcpPort, udpPort := freePort(t, "tcp", "127.0.0.77"), freePort(t, "udp", "127.0.0.77")
@@ -366,24 +375,48 @@ func TestE2EManifestsDirect(t *testing.T) {
 
 	p := startUproxy(t, "--manifests", dir, "--portal-mode", "direct", "--hostname-override", "e2e-node",
 		"--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0", "--shutdown-grace", "20s")
-	healthz, metrics := p.addr(t, "healthz"), p.addr(t, "metrics")
+	w := &e2eWorld{
+		p: p, healthz: p.addr(t, "healthz"), metrics: p.addr(t, "metrics"),
+		tcpAddr: fmt.Sprintf("127.0.0.77:%d", tcpPort), udpAddr: fmt.Sprintf("127.0.0.77:%d", udpPort),
+	}
 
 	// Ready: /healthz 200 once the manifests are applied.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		code, _, body := get(t, healthz+"/healthz")
+		code, _, body := get(t, w.healthz+"/healthz")
 		if code == 200 {
 			decodeHealth(t, body, "lastUpdated", "currentTime", "nodeEligible", "healthy")
-			break
+			return w
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("/healthz still %d: %s", code, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// holdConnection opens a connection through the service and reads the
+// backend's greeting.
+func holdConnection(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	return c, r
+}
+
+func TestE2EManifestsDirect(t *testing.T) {
+	w := newE2EWorld(t)
+	p, metrics, svcAddr := w.p, w.metrics, w.tcpAddr
 
 	// Round robin over TCP: 30 sequential connections, 10 per backend.
-	svcAddr := fmt.Sprintf("127.0.0.77:%d", tcpPort)
 	counts := map[string]int{}
 	for range 30 {
 		name, err := readName(svcAddr)
@@ -397,7 +430,7 @@ func TestE2EManifestsDirect(t *testing.T) {
 	}
 
 	// UDP: an answer through the portal.
-	uc, err := net.Dial("udp", fmt.Sprintf("127.0.0.77:%d", udpPort))
+	uc, err := net.Dial("udp", w.udpAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,16 +503,7 @@ func TestE2EManifestsDirect(t *testing.T) {
 
 	// SIGTERM with a connection open: the listener closes, the open
 	// connection keeps working until it ends, then uproxy exits 0.
-	held, err := net.Dial("tcp", svcAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	hr := bufio.NewReader(held)
-	_ = held.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := hr.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	held, hr := holdConnection(t, svcAddr)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -500,6 +524,33 @@ func TestE2EManifestsDirect(t *testing.T) {
 	}
 	if !strings.Contains(p.logText(), "uproxy stopped") {
 		t.Errorf("no clean stop in the log")
+	}
+}
+
+// TestE2ESecondSignal: a second SIGTERM during the drain ends uproxy at once
+// (the default signal action), without waiting for --shutdown-grace.
+func TestE2ESecondSignal(t *testing.T) {
+	w := newE2EWorld(t)
+	holdConnection(t, w.tcpAddr) // keeps the drain waiting
+	if err := w.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	w.p.waitLog(t, 10*time.Second, `"message":"stopped listening"`, `"service":"default/echo:tcp"`)
+	select {
+	case <-w.p.exited:
+		t.Fatalf("uproxy exited during the drain with a connection open: %v", w.p.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := w.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	w.p.waitExit(t, 10*time.Second) // well under the 20s grace
+	ee, ok := w.p.err.(*exec.ExitError)
+	if !ok {
+		t.Fatalf("exit %v, want killed by SIGTERM", w.p.err)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("exit status %v, want killed by SIGTERM", ee)
 	}
 }
 
