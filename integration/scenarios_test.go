@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -216,5 +217,39 @@ func TestRollingUpdate(t *testing.T) {
 		if tail.PerPod[p] == 0 {
 			t.Errorf("new pod %s got no request after the rollout: %v", p, tail)
 		}
+	}
+}
+
+// TestScaleInDrainsInFlight: requests in flight to pods that are scaled away
+// finish (the pods drain on SIGTERM, the proxy keeps their connections),
+// while new requests keep succeeding on the pod that stays.
+func TestScaleInDrainsInFlight(t *testing.T) {
+	w := newWorld(t, "drain", 3*time.Minute)
+	created := w.deploy(bed.EchoDeployment("slow", 3, httpPort("http", 8080)),
+		bed.ServiceFor("slow", bed.TCPPort("http", 80, 8080)))
+	w.waitHello(url(created.Spec.ClusterIP, 80, "/"))
+
+	// 6 slow requests spread over the 3 pods, then scale to 1 while they run.
+	before := w.readyPods("slow")
+	slow := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: url(created.Spec.ClusterIP, 80, "/sleep?d=3s"), Workers: 6, Requests: 6, MaxTime: 10 * time.Second})
+	w.sleep(time.Second)
+	fast := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: url(created.Spec.ClusterIP, 80, "/"), Workers: 2})
+	w.sleep(500 * time.Millisecond)
+	w.scale("slow", 1)
+	s := slow.Wait()
+	f := fast.Stop()
+	after := w.readyPods("slow")
+	drained := 0 // slow requests answered by pods that were scaled away
+	for _, p := range before {
+		if !slices.Contains(after, p) {
+			drained += s.PerPod[p]
+		}
+	}
+	summary("drain", "in-flight %v drained-from-removed-pods=%d; meanwhile %v", s, drained, f)
+	if s.Requests != 6 || s.Failures != 0 || drained == 0 {
+		t.Errorf("want 6 slow requests to finish, some on removed pods, despite the scale-in: %v drained=%d\n%s", s, drained, s.FailureDetail())
+	}
+	if f.Failures != 0 {
+		t.Errorf("new requests during the scale-in failed: %v\n%s", f, f.FailureDetail())
 	}
 }
