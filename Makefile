@@ -39,7 +39,7 @@ fuzz:
 	./scripts/fuzz.sh
 
 bench: testbin build
-	$(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./integration/bench/...
+	UPROXY_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./integration/bench/...
 
 demo: testbin build
 	$(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/
