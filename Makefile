@@ -22,6 +22,7 @@ test-unit:
 	$(GO) vet ./...
 	$(GO) test $(GOFLAGS_T) $(PKGS_UNIT)
 	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS_UNIT)
+	FUZZTIME=$${FUZZTIME:-4s} ./scripts/fuzz.sh
 
 # The integration bed needs root, the control plane (make testbin) and the binary.
 test-integration: testbin build
