@@ -73,17 +73,24 @@ func (s *KubeSource) Run(ctx context.Context, t *Tracker) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
 	defer factory.Shutdown() // runs after ctx is done: waits for the informers to stop
 
-	var synced []cache.InformerSynced
-	reg, err := factory.Core().V1().Services().Informer().AddEventHandler(handlers(s.log, t.OnServiceAdd, t.OnServiceUpdate, t.OnServiceDelete))
-	if err != nil {
-		return fmt.Errorf("service informer: %w", err)
+	// synced holds, per informer, its own and our handler's sync checkers:
+	// the handler's is done once every object of the initial list was
+	// delivered to the tracker.
+	var synced []cache.DoneChecker
+	add := func(what string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return fmt.Errorf("%s informer: %w", what, err)
+		}
+		synced = append(synced, inf.HasSyncedChecker(), reg.HasSyncedChecker())
+		return nil
 	}
-	synced = append(synced, reg.HasSynced)
-	reg, err = factory.Discovery().V1().EndpointSlices().Informer().AddEventHandler(handlers(s.log, t.OnEndpointSliceAdd, t.OnEndpointSliceUpdate, t.OnEndpointSliceDelete))
-	if err != nil {
-		return fmt.Errorf("endpointslice informer: %w", err)
+	if err := add("service", factory.Core().V1().Services().Informer(), handlers(s.log, t.OnServiceAdd, t.OnServiceUpdate, t.OnServiceDelete)); err != nil {
+		return err
 	}
-	synced = append(synced, reg.HasSynced)
+	if err := add("endpointslice", factory.Discovery().V1().EndpointSlices().Informer(), handlers(s.log, t.OnEndpointSliceAdd, t.OnEndpointSliceUpdate, t.OnEndpointSliceDelete)); err != nil {
+		return err
+	}
 
 	if s.opts.NodeName != "" {
 		nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.client, s.opts.ConfigSyncPeriod,
@@ -91,17 +98,15 @@ func (s *KubeSource) Run(ctx context.Context, t *Tracker) error {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.opts.NodeName).String()
 			}))
 		defer nodeFactory.Shutdown()
-		reg, err = nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(handlers(s.log, t.OnNodeAdd, t.OnNodeUpdate, t.OnNodeDelete))
-		if err != nil {
-			return fmt.Errorf("node informer: %w", err)
+		if err := add("node", nodeFactory.Core().V1().Nodes().Informer(), handlers(s.log, t.OnNodeAdd, t.OnNodeUpdate, t.OnNodeDelete)); err != nil {
+			return err
 		}
-		synced = append(synced, reg.HasSynced)
 		nodeFactory.Start(ctx.Done())
 	}
 	factory.Start(ctx.Done())
 
 	s.log.Info().Str("selector", sel).Str("node", s.opts.NodeName).Msg("waiting for informer caches")
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	if !cache.WaitFor(ctx, "", synced...) {
 		return nil // ctx done before the caches synced
 	}
 	s.log.Info().Msg("informer caches synced")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	discovery "k8s.io/api/discovery/v1"
 	testingclock "k8s.io/utils/clock/testing"
 )
@@ -259,12 +260,14 @@ func TestRunnerCollectors(t *testing.T) {
 }
 
 func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
+	return histogram(t, h).GetSampleCount()
+}
+
+func histogram(t testing.TB, h prometheus.Histogram) *dto.Histogram {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(h)
-	mfs, err := reg.Gather()
-	if err != nil || len(mfs) != 1 {
-		t.Fatalf("gather: %v", err)
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatalf("histogram: %v", err)
 	}
-	return mfs[0].GetMetric()[0].GetHistogram().GetSampleCount()
+	return m.GetHistogram()
 }

@@ -276,3 +276,28 @@ func TestNoCacheMutation(t *testing.T) {
 		}
 	}
 }
+
+func TestHealthNodeDeleting(t *testing.T) {
+	n := node("me", "192.168.0.1")
+	w := newWorld(t, Options{NodeName: "me"}, n)
+	w.synced(t)
+	h := w.runner.Health()
+	if h.NodeName != "me" || h.NodeDeleting || !h.Synced || h.LastUpdated.IsZero() || !h.QueuedSince.IsZero() {
+		t.Fatalf("health after sync: %+v", h)
+	}
+	if got := w.tracker.Node(); !slices.Equal(got.Addresses, addrs("192.168.0.1")) || got.Zone != "zone-a" {
+		t.Fatalf("Node() %+v", got)
+	}
+	d := n.DeepCopy()
+	d.DeletionTimestamp = ptr.To(metav1.Now())
+	if _, err := w.client.CoreV1().Nodes().Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitDeadline)
+	for !w.runner.Health().NodeDeleting {
+		if time.Now().After(deadline) {
+			t.Fatal("node deletion never reported")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -78,7 +78,7 @@ func (s *recordSink) signal() {
 }
 
 // waitFor waits until cond (called with s.mu held) holds.
-func (s *recordSink) waitFor(t *testing.T, what string, cond func(s *recordSink) bool) {
+func (s *recordSink) waitFor(t testing.TB, what string, cond func(s *recordSink) bool) {
 	t.Helper()
 	deadline := time.NewTimer(waitDeadline)
 	defer deadline.Stop()
@@ -120,12 +120,21 @@ type world struct {
 }
 
 func testLogger(t testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	level := zerolog.InfoLevel
+	if _, bench := t.(*testing.B); bench {
+		level = zerolog.WarnLevel
+	}
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(level)
 }
 
 func newWorld(t testing.TB, opts Options, objs ...runtime.Object) *world {
 	t.Helper()
-	client := fake.NewClientset(objs...)
+	return newWorldClient(t, opts, fake.NewClientset(objs...))
+}
+
+// newWorldClient is newWorld with a given fake clientset.
+func newWorldClient(t testing.TB, opts Options, client *fake.Clientset) *world {
+	t.Helper()
 	w := runWorld(t, opts, NewKubeSource(client, opts, testLogger(t)))
 	w.client = client
 	return w
