@@ -1,12 +1,15 @@
 package watch
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -247,5 +250,33 @@ func TestConversion(t *testing.T) {
 				t.Errorf("endpoints:\n got  %v\n want %v", fmt.Sprint(eps), fmt.Sprint(tc.wantEPs))
 			}
 		})
+	}
+}
+
+// TestBadInputLogLine: each skipped value is one warning naming the object,
+// the field and the value.
+func TestBadInputLogLine(t *testing.T) {
+	var buf syncBuffer
+	log := zerolog.New(&buf)
+	es := slice("shop", "cart-x1", "cart", discovery.AddressTypeIPv4, httpPorts(65536), ep("10.0.0.1"), ep("300.1.2.3"))
+	convertSlice(es, "", log)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []map[string]string{
+		{"endpointslice": "shop/cart-x1", "field": "ports[0].port", "value": "65536", "level": "warn"},
+		{"endpointslice": "shop/cart-x1", "field": "endpoints[1].addresses[0]", "value": "300.1.2.3", "level": "warn"},
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d log lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, l := range lines {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(l), &got); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want[i] {
+			if got[k] != v {
+				t.Errorf("line %d: %s = %v, want %q (%s)", i, k, got[k], v, l)
+			}
+		}
 	}
 }

@@ -130,6 +130,14 @@ func TestFileSourceEditedWhileRunning(t *testing.T) {
 		t.Fatalf("last good endpoints lost: %v", eps)
 	}
 
+	// Exported objects carry a resourceVersion; editing the spec without
+	// touching it must still apply.
+	withRV := strings.Replace(svcYAML, "name: web", "name: web\n  resourceVersion: \"42\"", 1)
+	writeFile(t, web, withRV+"---\n"+twoEPs)
+	w.sink.waitFor(t, "port 80 again", func(s *recordSink) bool { return len(s.ports) == 1 && s.ports[0].Port == 80 })
+	writeFile(t, web, strings.Replace(withRV, "port: 80", "port: 83", 1)+"---\n"+twoEPs)
+	w.sink.waitFor(t, "port 83 with an unchanged resourceVersion", func(s *recordSink) bool { return len(s.ports) == 1 && s.ports[0].Port == 83 })
+
 	other := filepath.Join(dir, "other.yml")
 	writeFile(t, other, strings.Replace(strings.Replace(svcYAML, "name: web", "name: other", 1), "10.96.0.10", "10.96.0.11", 1))
 	w.sink.waitFor(t, "new file's service", func(s *recordSink) bool { return len(s.ports) == 2 })

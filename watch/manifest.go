@@ -116,12 +116,18 @@ func decodeDocument(raw []byte, allowList bool) (objs []runtime.Object, ignored 
 		}
 		return nil, nil, err
 	}
+	// resourceVersion is cleared: a file exported with kubectl get -o yaml
+	// and then edited keeps its old version, and the tracker treats an
+	// unchanged version as an informer resync.
 	switch o := obj.(type) {
 	case *v1.Service:
+		o.ResourceVersion = ""
 		err = defaultMeta(gvk.Kind, &o.ObjectMeta.Namespace, o.Name)
 	case *discovery.EndpointSlice:
+		o.ResourceVersion = ""
 		err = defaultMeta(gvk.Kind, &o.ObjectMeta.Namespace, o.Name)
 	case *v1.Node:
+		o.ResourceVersion = ""
 		if o.Name == "" {
 			err = errors.New("Node: metadata.name is required")
 		}
