@@ -16,19 +16,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// Source feeds desired state into a Tracker until ctx is done.
-type Source interface {
-	// Run records the source's objects in t, calls t.SetSynced once its
-	// initial state is recorded, keeps recording changes, and returns when
-	// ctx is done (nil) or when it cannot start (an error).
-	Run(ctx context.Context, t *Tracker) error
-}
-
-var (
-	_ Source = (*KubeSource)(nil)
-	_ Source = (*FileSource)(nil)
-)
-
 // KubeSource watches the API server with client-go shared informers:
 // core/v1 Services and discovery/v1 EndpointSlices (label-selected as
 // kube-proxy does), and the Node named Options.NodeName.
