@@ -7,40 +7,32 @@ import (
 	"github.com/uproxy/uproxy/svc"
 )
 
-// portKey matches slice ports to service ports: by name and protocol.
-type portKey struct {
-	name  string
-	proto svc.Protocol
-}
+// dedupeMapAt is the list length from which duplicate addresses are found
+// with a map instead of a scan (most services have a handful of endpoints).
+const dedupeMapAt = 16
 
 // endpointsFor merges the slices of one service into the endpoint list of
-// each of its ports (already filtered to the node's families). Slices of a
-// family not in f are ignored; an address found in several slices appears
-// once, the non-terminating copy preferred (as kube-proxy's
-// EndpointSliceCache). internalTrafficPolicy Local keeps only endpoints on
-// nodeName. Lists are sorted by address; ports without endpoints are absent.
-// slices must be sorted by name so the result is deterministic.
+// each of its ports (already filtered to the node's families). Slice ports
+// match service ports by name and protocol. Slices of a family not in f are
+// ignored; an address found in several slices appears once, the
+// non-terminating copy preferred (as kube-proxy's EndpointSliceCache).
+// internalTrafficPolicy Local keeps only endpoints on nodeName. Lists are
+// sorted by address; ports without endpoints are absent. sl must be sorted
+// by slice name so the result is deterministic.
 func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, nodeName string) map[svc.PortName][]svc.Endpoint {
 	if len(ports) == 0 || len(sl) == 0 {
 		return nil
 	}
-	byKey := make(map[portKey]int, len(ports))
-	for i, p := range ports {
-		byKey[portKey{p.Name.Port, p.Protocol}] = i
-	}
 	lists := make([][]svc.Endpoint, len(ports))
-	index := make([]map[netip.AddrPort]int, len(ports))
+	index := make([]map[netip.AddrPort]int, len(ports)) // built once a list reaches dedupeMapAt
 	for _, s := range sl {
 		if (s.v6 && !f.v6) || (!s.v6 && !f.v4) {
 			continue
 		}
 		for _, sp := range s.ports {
-			i, ok := byKey[portKey{sp.name, sp.proto}]
-			if !ok {
+			i := slices.IndexFunc(ports, func(p svc.Port) bool { return p.Name.Port == sp.name && p.Protocol == sp.proto })
+			if i < 0 {
 				continue
-			}
-			if index[i] == nil {
-				index[i] = make(map[netip.AddrPort]int, len(s.eps))
 			}
 			local := ports[i].InternalLocal
 			for _, e := range s.eps {
@@ -52,14 +44,22 @@ func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, nodeName string
 					Ready: e.ready, Serving: e.serving, Terminating: e.terminating,
 					NodeName: e.nodeName, Zone: e.zone, PodName: e.podName,
 				}
-				if j, dup := index[i][ep.Addr]; dup {
+				if j := find(lists[i], index[i], ep.Addr); j >= 0 {
 					if !e.terminating {
 						lists[i][j] = ep
 					}
 					continue
 				}
-				index[i][ep.Addr] = len(lists[i])
 				lists[i] = append(lists[i], ep)
+				switch n := len(lists[i]); {
+				case n == dedupeMapAt:
+					index[i] = make(map[netip.AddrPort]int, 2*n)
+					for j, x := range lists[i] {
+						index[i][x.Addr] = j
+					}
+				case n > dedupeMapAt:
+					index[i][ep.Addr] = n - 1
+				}
 			}
 		}
 	}
@@ -72,4 +72,15 @@ func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, nodeName string
 		out[ports[i].Name] = l
 	}
 	return out
+}
+
+// find returns the position of a in l (through idx when built), or -1.
+func find(l []svc.Endpoint, idx map[netip.AddrPort]int, a netip.AddrPort) int {
+	if idx != nil {
+		if j, ok := idx[a]; ok {
+			return j
+		}
+		return -1
+	}
+	return slices.IndexFunc(l, func(e svc.Endpoint) bool { return e.Addr == a })
 }

@@ -33,7 +33,7 @@ type Runner struct {
 	// The fields below are owned by the Run goroutine.
 	services    map[types.NamespacedName]*serviceInfo
 	slices      map[types.NamespacedName]*sliceInfo // by slice namespace/name
-	slicesBySvc map[types.NamespacedName]map[types.NamespacedName]struct{}
+	slicesBySvc map[types.NamespacedName][]types.NamespacedName // slice keys sorted by name
 	ports       map[types.NamespacedName][]svc.Port // filtered to fams
 	sent        map[types.NamespacedName]map[svc.PortName][]svc.Endpoint
 	fams        families
@@ -60,7 +60,7 @@ func NewRunner(t *Tracker, sink svc.Sink, opts Options, log zerolog.Logger) *Run
 		m:           newMetrics(t),
 		services:    make(map[types.NamespacedName]*serviceInfo),
 		slices:      make(map[types.NamespacedName]*sliceInfo),
-		slicesBySvc: make(map[types.NamespacedName]map[types.NamespacedName]struct{}),
+		slicesBySvc: make(map[types.NamespacedName][]types.NamespacedName),
 		ports:       make(map[types.NamespacedName][]svc.Port),
 		sent:        make(map[types.NamespacedName]map[svc.PortName][]svc.Endpoint),
 		dirty:       make(map[types.NamespacedName]time.Time),
@@ -160,10 +160,7 @@ func (r *Runner) apply(p pending) bool {
 	}
 	for key, ch := range p.slices {
 		if old := r.slices[key]; old != nil {
-			delete(r.slicesBySvc[old.service], key)
-			if len(r.slicesBySvc[old.service]) == 0 {
-				delete(r.slicesBySvc, old.service)
-			}
+			r.unindexSlice(old.service, key)
 			mark(old.service, ch.since)
 		}
 		if ch.current == nil {
@@ -171,10 +168,7 @@ func (r *Runner) apply(p pending) bool {
 			continue
 		}
 		r.slices[key] = ch.current
-		if r.slicesBySvc[ch.current.service] == nil {
-			r.slicesBySvc[ch.current.service] = make(map[types.NamespacedName]struct{})
-		}
-		r.slicesBySvc[ch.current.service][key] = struct{}{}
+		r.indexSlice(ch.current.service, key)
 		mark(ch.current.service, ch.since)
 	}
 
@@ -243,15 +237,37 @@ func diffEndpoints(sent, cur map[svc.PortName][]svc.Endpoint, out map[svc.PortNa
 	return changed
 }
 
+func compareSliceKeys(a, b types.NamespacedName) int { return cmp.Compare(a.Name, b.Name) }
+
+// indexSlice adds slice key to service nn's sorted slice list.
+func (r *Runner) indexSlice(nn, key types.NamespacedName) {
+	keys := r.slicesBySvc[nn]
+	if i, found := slices.BinarySearchFunc(keys, key, compareSliceKeys); !found {
+		r.slicesBySvc[nn] = slices.Insert(keys, i, key)
+	}
+}
+
+// unindexSlice removes slice key from service nn's slice list.
+func (r *Runner) unindexSlice(nn, key types.NamespacedName) {
+	keys := r.slicesBySvc[nn]
+	if i, found := slices.BinarySearchFunc(keys, key, compareSliceKeys); found {
+		keys = slices.Delete(keys, i, i+1)
+	}
+	if len(keys) == 0 {
+		delete(r.slicesBySvc, nn)
+	} else {
+		r.slicesBySvc[nn] = keys
+	}
+}
+
 // sortedSlices returns the slices of service nn, sorted by slice name.
 func (r *Runner) sortedSlices(nn types.NamespacedName) []*sliceInfo {
 	keys := r.slicesBySvc[nn]
 	if len(keys) == 0 {
 		return nil
 	}
-	sorted := slices.SortedFunc(maps.Keys(keys), func(a, b types.NamespacedName) int { return cmp.Compare(a.Name, b.Name) })
-	out := make([]*sliceInfo, len(sorted))
-	for i, k := range sorted {
+	out := make([]*sliceInfo, len(keys))
+	for i, k := range keys {
 		out[i] = r.slices[k]
 	}
 	return out

@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 )
 
 // TestLargeService: 5,000 endpoints over 50 slices of one service, plus a
@@ -22,6 +23,14 @@ func TestLargeService(t *testing.T) {
 		}
 		objs = append(objs, slice("ns", fmt.Sprintf("big-%02d", s), "big", discovery.AddressTypeIPv4, httpPorts(8080), eps...))
 	}
+	// The first 100 addresses again, terminating (pods moving between
+	// slices): de-duplicated, the ready copies kept.
+	dup := objs[1].(*discovery.EndpointSlice).DeepCopy()
+	dup.Name = "big-0-dup" // sorts first: the terminating copies are seen before the ready ones
+	for i := range dup.Endpoints {
+		dup.Endpoints[i].Conditions = discovery.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)}
+	}
+	objs = append(objs, dup)
 	var sp []v1.ServicePort
 	var slicePorts []discovery.EndpointPort
 	for i := range 100 {
@@ -49,6 +58,9 @@ func TestLargeService(t *testing.T) {
 			t.Fatalf("duplicate endpoint %v", e.Addr)
 		}
 		seen[e.Addr] = true
+		if !e.Ready || e.Terminating {
+			t.Fatalf("terminating duplicate won over the ready endpoint: %+v", e)
+		}
 	}
 	for i := range 100 {
 		got := eps[pn("ns", "wide", fmt.Sprintf("p%03d", i))]
