@@ -32,9 +32,9 @@ type Runner struct {
 
 	// The fields below are owned by the Run goroutine.
 	services    map[types.NamespacedName]*serviceInfo
-	slices      map[types.NamespacedName]*sliceInfo // by slice namespace/name
+	slices      map[types.NamespacedName]*sliceInfo             // by slice namespace/name
 	slicesBySvc map[types.NamespacedName][]types.NamespacedName // slice keys sorted by name
-	ports       map[types.NamespacedName][]svc.Port // filtered to fams
+	ports       map[types.NamespacedName][]svc.Port             // filtered to fams
 	sent        map[types.NamespacedName]map[svc.PortName][]svc.Endpoint
 	fams        families
 	portList    []svc.Port                         // sorted full list; nil after a port change
