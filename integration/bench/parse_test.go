@@ -75,7 +75,10 @@ func TestParseRejects(t *testing.T) {
 			_, err := ParseWrk(strings.Replace(wrkOutput, "     99%    1.52ms\n", "", 1))
 			return err
 		},
-		"wrk failed":       func() error { _, err := ParseWrk("unable to connect to 10.96.0.10:80 Connection refused\n"); return err },
+		"wrk failed": func() error {
+			_, err := ParseWrk("unable to connect to 10.96.0.10:80 Connection refused\n")
+			return err
+		},
 		"dnsperf aborted":  func() error { _, err := ParseDNSPerf("Error: socket: Too many open files\n"); return err },
 		"curl no size":     func() error { _, _, err := ParseCurlSpeed("123"); return err },
 		"curl not numbers": func() error { _, _, err := ParseCurlSpeed("abc def"); return err },
@@ -93,9 +96,9 @@ func TestMedianAndPortalCount(t *testing.T) {
 	tests := map[string]struct {
 		got, want float64
 	}{
-		"median odd":       {Median([]float64{3, 1, 2}), 2},
-		"median even":      {Median([]float64{4, 1, 3, 2}), 2.5},
-		"median none":      {Median(nil), 0},
+		"median odd":  {Median([]float64{3, 1, 2}), 2},
+		"median even": {Median([]float64{4, 1, 3, 2}), 2.5},
+		"median none": {Median(nil), 0},
 		"portals distinct": {float64(PortalCount(`-A A -m comment --comment "cp/svc-0001:" -j X
 -A B -m comment --comment "cp/svc-0001:" -j X
 -A A -m comment --comment "cp/svc-0002:" -j X
