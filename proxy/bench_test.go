@@ -74,3 +74,29 @@ func BenchmarkBulkCopy(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKeepAliveRoundTrip: one connection, 64-byte request and reply
+// per op (a keep-alive request/response); through the proxy versus
+// directly. Allocations per op should be zero through the proxy too.
+func BenchmarkKeepAliveRoundTrip(b *testing.B) {
+	targets := benchTargets(b, "echo")
+	for _, name := range []string{"direct", "proxy"} {
+		b.Run(name, func(b *testing.B) {
+			c, err := net.Dial("tcp", targets[name])
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg, buf := make([]byte, 64), make([]byte, 64)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -39,7 +39,7 @@ var errEarlyReset = errors.New("endpoint reset the connection right after connec
 // replaced connection itself.
 //
 // Copying: each direction copies through a pooled buffer that is taken only
-// when data is readable (readPooled), so an idle connection holds two
+// when data is readable (pooledReader), so an idle connection holds two
 // sockets and no buffer or pipe; the first read that fills a whole buffer
 // marks a bulk flow, which continues with io.Copy between the two
 // *net.TCPConn, i.e. splice(2) on Linux, until it ends. Bytes are summed per
@@ -135,6 +135,7 @@ func (r *tcpRelay) copyUp() error {
 	if err != nil {
 		return err
 	}
+	pr := newPooledReader(rc)
 	for {
 		r.mu.Lock()
 		early := !r.committed && !r.overflow
@@ -142,7 +143,7 @@ func (r *tcpRelay) copyUp() error {
 		if !early {
 			break
 		}
-		b, n, err := readPooled(rc)
+		b, n, err := pr.read()
 		if err != nil {
 			if err == io.EOF {
 				r.mu.Lock()
@@ -179,7 +180,7 @@ func (r *tcpRelay) copyUp() error {
 	r.mu.Lock()
 	bc := r.backend
 	r.mu.Unlock()
-	n, err := pump(bc, r.client, rc)
+	n, err := pump(bc, r.client, pr)
 	r.up += n
 	if err != nil {
 		return err
@@ -213,6 +214,20 @@ func (r *tcpRelay) brokenBeforeAnswer(bc *net.TCPConn) bool {
 }
 
 func (r *tcpRelay) copyDown() error {
+	var (
+		pr   *pooledReader // reads prConn; made again when the backend is replaced
+		prOf *net.TCPConn
+	)
+	readerOf := func(bc *net.TCPConn) (*pooledReader, error) {
+		if prOf != bc {
+			rc, err := bc.SyscallConn()
+			if err != nil {
+				return nil, err
+			}
+			pr, prOf = newPooledReader(rc), bc
+		}
+		return pr, nil
+	}
 	for {
 		r.mu.Lock()
 		committed, bc := r.committed, r.backend
@@ -220,11 +235,11 @@ func (r *tcpRelay) copyDown() error {
 		if committed {
 			break
 		}
-		rc, err := bc.SyscallConn()
+		pr, err := readerOf(bc)
 		if err != nil {
 			return err
 		}
-		b, n, err := readPooled(rc)
+		b, n, err := pr.read()
 		if err != nil {
 			if r.earlyFailure(bc, err) {
 				if r.retryEarly(bc, err) {
@@ -249,11 +264,11 @@ func (r *tcpRelay) copyDown() error {
 	r.mu.Lock()
 	bc := r.backend
 	r.mu.Unlock()
-	rc, err := bc.SyscallConn()
+	pr, err := readerOf(bc)
 	if err != nil {
 		return err
 	}
-	n, err := pump(r.client, bc, rc)
+	n, err := pump(r.client, bc, pr)
 	r.down += n
 	if err != nil {
 		return err
@@ -330,10 +345,10 @@ func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {
 
 // pump copies src to dst until EOF (nil) or an error: small reads through
 // pooled buffers, then, once a read fills a whole buffer, io.Copy (splice).
-func pump(dst, src *net.TCPConn, rc syscall.RawConn) (int64, error) {
+func pump(dst, src *net.TCPConn, pr *pooledReader) (int64, error) {
 	var total int64
 	for {
-		b, n, err := readPooled(rc)
+		b, n, err := pr.read()
 		if err == io.EOF {
 			return total, nil
 		}
@@ -353,28 +368,50 @@ func pump(dst, src *net.TCPConn, rc syscall.RawConn) (int64, error) {
 	}
 }
 
-// readPooled waits (in the netpoller, honouring deadlines) until rc is
-// readable and only then takes a pooled buffer and reads into it. The
+// pooledReader reads one connection through pooled buffers. Its callback
+// is bound once (pr.fn), so a read allocates nothing: a closure passed to
+// RawConn.Read escapes, and one per read cost several allocations per
+// request. Only the copy goroutine that owns the direction uses it.
+type pooledReader struct {
+	rc   syscall.RawConn
+	fn   func(fd uintptr) bool // pr.readFD, bound once
+	b    *[]byte
+	n    int
+	rerr error
+}
+
+func newPooledReader(rc syscall.RawConn) *pooledReader {
+	pr := &pooledReader{rc: rc}
+	pr.fn = pr.readFD
+	return pr
+}
+
+// readFD is the RawConn.Read callback: it takes a buffer only when the read
+// returns data (or EOF, or a hard error).
+func (pr *pooledReader) readFD(fd uintptr) bool {
+	pr.b = bufPool.Get().(*[]byte)
+	pr.n, pr.rerr = unix.Read(int(fd), *pr.b)
+	if pr.rerr == unix.EAGAIN || pr.rerr == unix.EINTR {
+		bufPool.Put(pr.b)
+		pr.b = nil
+		return false
+	}
+	return true
+}
+
+// read waits (in the netpoller, honouring deadlines) until the connection
+// is readable and only then takes a pooled buffer and reads into it. The
 // caller returns the buffer with bufPool.Put. EOF is io.EOF.
-func readPooled(rc syscall.RawConn) (*[]byte, int, error) {
-	var (
-		b    *[]byte
-		n    int
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		b = bufPool.Get().(*[]byte)
-		n, rerr = unix.Read(int(fd), *b)
-		if rerr == unix.EAGAIN || rerr == unix.EINTR {
-			bufPool.Put(b)
-			b = nil
-			return false
+func (pr *pooledReader) read() (*[]byte, int, error) {
+	pr.b, pr.n, pr.rerr = nil, 0, nil
+	if err := pr.rc.Read(pr.fn); err != nil {
+		if pr.b != nil {
+			bufPool.Put(pr.b)
 		}
-		return true
-	})
-	if err != nil {
 		return nil, 0, err
 	}
+	b, n, rerr := pr.b, pr.n, pr.rerr
+	pr.b = nil
 	if rerr != nil || n <= 0 {
 		bufPool.Put(b)
 		if rerr != nil {
