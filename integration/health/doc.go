@@ -1,0 +1,14 @@
+// Package health holds the scenario matrix of issue 7 (health-based removal)
+// as tests on the integration bed (integration/bed): a deployment goes from 3
+// replicas to 1 gracefully, by crash, by blackhole, by rolling update; one
+// goes from 1 to 3; one endpoint resets every connection while staying Ready.
+// Four curl loops (a new connection per request) measure each scenario from
+// a client namespace; the tests print a table and assert the issue's goals.
+//
+// TestHealthMatrix runs the matrix against uproxy as shipped and asserts the
+// goals. TestHealthMatrixLegacy (opt-in: UPROXY_HEALTH_LEGACY=1) runs the same
+// matrix with --disable-ejection and only prints its table, so the effect of
+// ejection is measured rather than assumed.
+//
+// The package has no non-test code; it owns no bed code (integration/bed does).
+package health
