@@ -100,7 +100,9 @@ func TestOverlappingInstances(t *testing.T) {
 	u2 := w.b.StartUproxy(t, bed.UproxyOptions{NoWait: true})
 	startedAt := time.Now()
 	var holders string
-	if err := bed.Poll(w.ctx, 100*time.Millisecond, func() (bool, error) {
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	if err := bed.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
 		if done, werr := u2.Proc.Exited(); done {
 			return false, fmt.Errorf("second uproxy exited: %v\n%s", werr, u2.Proc.Tail(20))
 		}

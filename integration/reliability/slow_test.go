@@ -1,6 +1,7 @@
 package reliability
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"sync"
@@ -38,7 +39,9 @@ func TestSlowClientsDoNotDelayOthers(t *testing.T) {
 	// Every idle client reached uproxy and holds a relay.
 	label := w.portLabel(e, "http")
 	var active float64
-	if err := bed.Poll(w.ctx, 100*time.Millisecond, func() (bool, error) {
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	if err := bed.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
 		active, _ = metric(w.metrics(), "uproxy_connections_active", label)
 		return active >= idle, nil
 	}); err != nil {
