@@ -51,8 +51,10 @@ func (w *world) benchIdle(t *testing.T) {
 		}
 		return nil
 	})
+	// At the fd limit uproxy sheds further connections with a reset: keep
+	// what was opened and measure that (the report gives held of wanted).
 	if err != nil {
-		t.Fatalf("%v (after %d connections)", err, len(conns))
+		t.Logf("stopped dialing: %v", err)
 	}
 	var held atomic.Int64
 	var firstErr atomic.Value
