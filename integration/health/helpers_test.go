@@ -47,3 +47,30 @@ func TestMeasures(t *testing.T) {
 		t.Errorf("a clean control loop must not count as disturbed")
 	}
 }
+
+// TestLostInFlight: only timeouts with no byte back that started before the
+// fault was in place count as lost in flight.
+func TestLostInFlight(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	timeout := "exit=28 curl: (28) Operation timed out after 5001 milliseconds with 0 bytes received"
+	cases := map[string]struct {
+		sample bed.Sample
+		want   int
+	}{
+		"timeout before the fault": {bed.Sample{Start: t0.Add(-time.Millisecond), Detail: timeout}, 1},
+		"timeout after the fault":  {bed.Sample{Start: t0.Add(time.Millisecond), Detail: timeout}, 0},
+		"reset before the fault":   {bed.Sample{Start: t0.Add(-time.Millisecond), Detail: "exit=56 curl: (56) Recv failure: Connection reset by peer"}, 0},
+		"answered":                 {bed.Sample{Start: t0.Add(-time.Millisecond), OK: true, Pod: "p"}, 0},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			sum := bed.Summarize([]bed.Sample{c.sample})
+			if got := lostInFlight(sum, result{faultDone: t0}); got != c.want {
+				t.Errorf("lostInFlight = %d, want %d", got, c.want)
+			}
+		})
+	}
+	if got := lostInFlight(bed.Summarize([]bed.Sample{{Start: t0, Detail: timeout}}), result{}); got != 0 {
+		t.Errorf("without a fault nothing is lost in flight, got %d", got)
+	}
+}

@@ -69,6 +69,7 @@ type row struct {
 	ctlRatio  float64     // the control loop's throughput ratio over the same windows
 	attempt   int
 	ns        string
+	lost      int // failed requests in flight when the fault went in (lostInFlight)
 }
 
 // disturbed reports whether the control loop, which goes straight to a
@@ -80,8 +81,10 @@ func (r *row) disturbed() bool {
 }
 
 // maxAttempts bounds the re-measurements of a scenario whose goals were
-// missed while the control loop saw the machine stall (a loaded shared box).
-// A miss without a stall in the control loop is never re-measured.
+// missed while the control loop saw the machine stall (a loaded shared box)
+// or while requests were lost in flight at the fault (lostInFlight). A miss
+// without either is never re-measured; the attempt that is reported must
+// meet every goal by itself, nothing is discounted.
 const maxAttempts = 3
 
 func runMatrix(t *testing.T, variant string, args []string, assert bool) {
@@ -96,11 +99,11 @@ func runMatrix(t *testing.T, variant string, args []string, assert bool) {
 			for attempt := 1; ; attempt++ {
 				r = runScenario(t, b, client, ctl, variant, sc, attempt)
 				t.Logf("uproxy log lines of %s:\n%s", r.ns, proxyLog(u.Proc.LogPath, r.ns))
-				if !assert || len(r.missed) == 0 || !r.disturbed() || attempt == maxAttempts {
+				if !assert || len(r.missed) == 0 || !(r.disturbed() || r.lost > 0) || attempt == maxAttempts {
 					break
 				}
-				t.Logf("attempt %d missed %d goal(s) while the control loop (straight to a pod, not through uproxy) stalled: %v, throughput %.0f%%; measuring again; missed:\n%s",
-					attempt, len(r.missed), r.ctl, 100*r.ctlRatio, strings.Join(r.missed, "\n"))
+				t.Logf("attempt %d missed %d goal(s) while the control loop (straight to a pod, not through uproxy) saw %v, throughput %.0f%%, and %d request(s) were lost in flight at the fault; measuring again; missed:\n%s",
+					attempt, len(r.missed), r.ctl, 100*r.ctlRatio, r.lost, strings.Join(r.missed, "\n"))
 			}
 			rows = append(rows, r)
 			for _, m := range r.missed {
@@ -145,7 +148,7 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 	if res.ejections < 0 { // not taken before the API removed the endpoints
 		res.ejections = s.metric("uproxy_endpoint_ejections_total", "")
 	}
-	r := &row{name: sc.name, sum: sum, ejections: res.ejections, note: res.note, ctl: ctlSum, attempt: attempt, ns: s.ns,
+	r := &row{name: sc.name, sum: sum, ejections: res.ejections, note: res.note, ctl: ctlSum, attempt: attempt, ns: s.ns, lost: lostInFlight(sum, res),
 		retries: s.metric("uproxy_dial_retries_total", ""),
 		moved:   s.metric("uproxy_early_resets_total", `outcome="moved"`)}
 
@@ -258,11 +261,11 @@ func slowDetail(s bed.Summary) string {
 func printTable(variant string, args []string, rows []*row) {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\ttry\trequests\tfailed\tslow\tp99\tmax\tthroughput\tejections\tretries\tmoved\tctl-slow\tctl-thru\tper-pod\tnote")
+	fmt.Fprintln(tw, "scenario\ttry\trequests\tfailed\tslow\tp99\tmax\tthroughput\tejections\tretries\tmoved\tlost\tctl-slow\tctl-thru\tper-pod\tnote")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%v\t%v\t%.0f%%\t%d\t%d\t%d\t%d/%d\t%.0f%%\t%s\t%s\n", r.name, r.attempt, r.sum.Requests, r.sum.Failures,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%v\t%v\t%.0f%%\t%d\t%d\t%d\t%d\t%d/%d\t%.0f%%\t%s\t%s\n", r.name, r.attempt, r.sum.Requests, r.sum.Failures,
 			r.sum.Slow, r.sum.P99.Round(time.Millisecond), r.sum.Max.Round(time.Millisecond), 100*r.ratio,
-			r.ejections, r.retries, r.moved, r.ctl.Slow, r.ctl.Requests, 100*r.ctlRatio, perPod(r.sum.PerPod), r.note)
+			r.ejections, r.retries, r.moved, r.lost, r.ctl.Slow, r.ctl.Requests, 100*r.ctlRatio, perPod(r.sum.PerPod), r.note)
 	}
 	_ = tw.Flush()
 	head := fmt.Sprintf("SUMMARY health/%s (uproxy %s):", variant, strings.Join(append([]string{"defaults"}, args...), " "))

@@ -32,6 +32,7 @@ type scenario struct {
 // result is what an event reports to the runner.
 type result struct {
 	at        time.Time
+	faultDone time.Time // when the last fault was in place (zero: no fault)
 	note      string
 	ejections int // scraped before the API removed the endpoints; -1: scrape at the end
 	victims   []string
@@ -86,9 +87,10 @@ func scenarios() []scenario {
 				if err := s.b.Agent.ResetConnections(s.ns, victim, true); err != nil {
 					s.t.Fatal(err)
 				}
+				faultDone := time.Now()
 				// The API never learns: the pod stays Ready throughout.
 				s.sleep(resetSpan)
-				return result{at: at, ejections: -1, victims: []string{victim}, note: "1 of 3 resets, stays Ready"}
+				return result{at: at, faultDone: faultDone, ejections: -1, victims: []string{victim}, note: "1 of 3 resets, stays Ready"}
 			},
 			check: checkVictims},
 	}
@@ -106,14 +108,32 @@ func faultThenScale(s *stage, delay time.Duration, what string, fault func(pod s
 			s.t.Fatalf("%s %s: %v", what, p, err)
 		}
 	}
+	faultDone := time.Now()
 	s.sleep(delay - time.Since(at))
 	ej := s.metric("uproxy_endpoint_ejections_total", "")
 	s.scale(1)
 	if got := s.readyPods(); !slices.Equal(got, s.pods[:1]) {
 		s.t.Errorf("harness: scale-in kept %v, want the healthy %v", got, s.pods[:1])
 	}
-	return result{at: at, ejections: ej, victims: victims,
+	return result{at: at, faultDone: faultDone, ejections: ej, victims: victims,
 		note: fmt.Sprintf("%s 2 of 3, API told after %v", what, delay)}
+}
+
+// lostInFlight counts the failed requests that were already in flight when
+// the fault went in and then got no byte back before curl's --max-time: a
+// request whose bytes the proxy had already delivered to a pod that then went
+// silent (blackhole) is lost to every L4 proxy (replaying it elsewhere could
+// run it twice). Such a measurement is not valid for the proxy's goals; the
+// runner measures again instead (see runMatrix), it does not discount them.
+func lostInFlight(sum bed.Summary, res result) int {
+	n := 0
+	for _, x := range sum.Samples {
+		if !x.OK && !res.faultDone.IsZero() && x.Start.Before(res.faultDone) &&
+			strings.HasPrefix(x.Detail, "exit=28 ") && strings.Contains(x.Detail, " 0 bytes received") {
+			n++
+		}
+	}
+	return n
 }
 
 // checkVictims makes sure the fault took (a harness check): the faulty pods

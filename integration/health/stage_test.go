@@ -41,6 +41,10 @@ func newStage(t *testing.T, b *bed.Bed, client *bed.Client, ns string, replicas 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	s := &stage{t: t, b: b, ctx: ctx, client: client, ns: b.Namespace(t, ns)}
+	// Runs before the namespace cleanup (t.Cleanup is LIFO): scaling to 0
+	// first leaves the ReplicaSet nothing to re-create while the namespace
+	// is emptied (the bed's cleanup deletes pods before their owners are gone).
+	t.Cleanup(s.scaleToZero)
 	d := bed.EchoDeployment(app, replicas, corev1.ContainerPort{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP})
 	if _, err := b.Client.AppsV1().Deployments(s.ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -73,6 +77,24 @@ func newStage(t *testing.T, b *bed.Bed, client *bed.Client, ns string, replicas 
 }
 
 func (s *stage) sleep(d time.Duration) { sleepCtx(s.ctx, d) }
+
+// scaleToZero scales the deployment to 0 and waits up to a minute for its
+// pods to go; a timeout is logged (the namespace cleanup reports it).
+func (s *stage) scaleToZero() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.b.Scale(ctx, s.ns, app, 0); err != nil {
+		s.t.Logf("scale %s/%s to 0: %v", s.ns, app, err)
+		return
+	}
+	err := bed.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+		pods, err := s.b.Client.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+		return err == nil && len(pods.Items) == 0, nil
+	})
+	if err != nil {
+		s.t.Logf("pods of %s/%s still there a minute after scaling to 0: %v", s.ns, app, err)
+	}
+}
 
 func (s *stage) readyPods() []string {
 	s.t.Helper()
