@@ -195,11 +195,12 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 func timeline(s bed.Summary, start, event time.Time) string {
 	const step = 500 * time.Millisecond
 	var sb strings.Builder
-	for from := start; ; from = from.Add(step) {
+	var last time.Time
+	if n := len(s.Samples); n > 0 {
+		last = s.Samples[n-1].Start // Samples are in start order
+	}
+	for from := start; !from.After(last); from = from.Add(step) {
 		b := s.Between(from, from.Add(step))
-		if b.Requests == 0 && from.After(event) {
-			break
-		}
 		mark := ""
 		if !event.Before(from) && event.Before(from.Add(step)) {
 			mark = " <- event"
