@@ -27,7 +27,7 @@ test-unit:
 # The integration bed needs root, the control plane (make testbin) and the binary.
 test-integration: testbin build
 	mkdir -p bin
-	$(GO) test $(GOFLAGS_T) -timeout 45m -v ./integration/... 2>&1 | tee bin/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SUMMARY|panic)' ; exit $${PIPESTATUS[0]}
+	$(GO) test $(GOFLAGS_T) -p 1 -timeout 60m -v ./integration/... 2>&1 | tee bin/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SUMMARY|panic)' ; exit $${PIPESTATUS[0]}
 
 testbin:
 	./integration/testbin/build.sh
