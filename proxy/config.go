@@ -50,6 +50,10 @@ type Config struct {
 	DialTimeoutFloor    time.Duration // adaptive first-try dial timeout bounds; default 50ms
 	DialTimeoutCeiling  time.Duration // default 250ms
 	DialTimeoutMultiple int           // timeout = multiple × recent connect p99; default 3
+	// FDHeadroom is the number of fds kept free under RLIMIT_NOFILE when
+	// admitting TCP connections (see fdBudget); 0: limit/200, clamped to
+	// 32..256; negative: no admission control (EMFILE handling only).
+	FDHeadroom int
 	// RetryTimeouts is the legacy ladder; its length bounds the tries per
 	// connection. Default 250ms, 500ms, 1s, 2s.
 	RetryTimeouts []time.Duration

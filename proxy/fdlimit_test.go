@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,18 +21,21 @@ import (
 	"github.com/uproxy/uproxy/svc"
 )
 
-// TestAcceptSurvivesFDExhaustion runs a proxy in a child process with a tiny
-// fd limit and floods it with held connections: connections beyond the limit
-// are reset at once (shed, not left hanging), the held ones keep working,
-// and service resumes by itself when they close.
-func TestAcceptSurvivesFDExhaustion(t *testing.T) {
-	if os.Getenv("UPROXY_FD_CHILD") != "" {
-		fdChild(t)
-		return
-	}
+// fdChildProc is a proxy running in a child process of the test binary with a
+// tiny fd limit, driven over stdin/stdout: it prints "ADDR a", obeys "fill"
+// (open files until EMFILE), "free" (close them) and, at EOF, prints
+// "STATS acceptErrors shed dialFailureResets" and exits.
+type fdChildProc struct {
+	addr  string
+	stdin io.WriteCloser
+	lines *bufio.Scanner
+}
+
+func startFDChild(t *testing.T, test, headroom string) *fdChildProc {
+	t.Helper()
 	be := newBackend(t, "b", "echo")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptSurvivesFDExhaustion$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "UPROXY_FD_CHILD=1", "UPROXY_FD_ENDPOINT="+be.addr())
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "UPROXY_FD_CHILD=1", "UPROXY_FD_ENDPOINT="+be.addr(), "UPROXY_FD_HEADROOM="+headroom)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -45,26 +49,69 @@ func TestAcceptSurvivesFDExhaustion(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := bufio.NewScanner(stdout)
-	addr := ""
-	for lines.Scan() {
-		if a, ok := strings.CutPrefix(lines.Text(), "ADDR "); ok {
-			addr = a
-			break
-		}
-	}
-	if addr == "" {
-		t.Fatal("child did not start")
-	}
+	c := &fdChildProc{stdin: stdin, lines: bufio.NewScanner(stdout)}
+	c.addr = c.expect(t, "ADDR ")
+	return c
+}
 
-	ping := func(c net.Conn) error {
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte{'x'}); err != nil {
-			return err
+// expect reads lines until one starts with prefix and returns the rest.
+func (c *fdChildProc) expect(t *testing.T, prefix string) string {
+	t.Helper()
+	for c.lines.Scan() {
+		if s, ok := strings.CutPrefix(c.lines.Text(), prefix); ok {
+			return s
 		}
-		_, err := io.ReadFull(c, make([]byte, 1))
+	}
+	t.Fatalf("child ended before printing %q", prefix)
+	return ""
+}
+
+// stats ends the child and returns its counters.
+func (c *fdChildProc) stats(t *testing.T) (acceptErrs, shed, dialFailed uint64) {
+	t.Helper()
+	_ = c.stdin.Close()
+	s := c.expect(t, "STATS ")
+	if _, err := fmt.Sscan(s, &acceptErrs, &shed, &dialFailed); err != nil {
+		t.Fatalf("child stats %q: %v", s, err)
+	}
+	return acceptErrs, shed, dialFailed
+}
+
+func fdPing(c net.Conn) error {
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte{'x'}); err != nil {
 		return err
 	}
+	_, err := io.ReadFull(c, make([]byte, 1))
+	return err
+}
+
+// dialPing connects and echoes one byte; hung reports a connection left
+// waiting (neither served nor reset) for 3s.
+func dialPing(addr string) (c net.Conn, hung bool, err error) {
+	c, err = net.Dial("tcp", addr)
+	if err == nil {
+		err = fdPing(c)
+	}
+	if err == nil {
+		return c, false, nil
+	}
+	if c != nil {
+		_ = c.Close()
+	}
+	return nil, errors.Is(err, os.ErrDeadlineExceeded), err
+}
+
+// TestConnectionsShedAtFDBudget floods a proxy whose fd limit leaves room
+// for a few connections: those beyond the budget are reset at once (shed,
+// never left hanging in the backlog), the held ones keep working, and
+// service resumes by itself when they close.
+func TestConnectionsShedAtFDBudget(t *testing.T) {
+	if os.Getenv("UPROXY_FD_CHILD") != "" {
+		fdChild(t)
+		return
+	}
+	child := startFDChild(t, "TestConnectionsShedAtFDBudget", "4")
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
@@ -73,27 +120,21 @@ func TestAcceptSurvivesFDExhaustion(t *testing.T) {
 	}()
 	shed := 0
 	for range 60 {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			err = ping(c)
+		c, hung, err := dialPing(child.addr)
+		if hung {
+			t.Fatalf("a connection beyond the fd budget hung instead of being reset: %v", err)
 		}
-		if err == nil {
-			held = append(held, c)
+		if err != nil {
+			shed++
 			continue
 		}
-		if c != nil {
-			_ = c.Close()
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("a connection beyond the fd limit hung instead of being reset: %v", err)
-		}
-		shed++
+		held = append(held, c)
 	}
 	if len(held) == 0 || shed == 0 {
-		t.Fatalf("held %d, shed %d: the limit was not reached", len(held), shed)
+		t.Fatalf("held %d, shed %d: the budget was not reached", len(held), shed)
 	}
-	for _, c := range held { // the held connections still work
-		if err := ping(c); err != nil {
+	for _, c := range held {
+		if err := fdPing(c); err != nil {
 			t.Fatalf("held connection broken: %v", err)
 		}
 	}
@@ -103,28 +144,69 @@ func TestAcceptSurvivesFDExhaustion(t *testing.T) {
 	}
 	held = nil
 	eventually(t, "service resumes", func() bool {
-		c, err := net.Dial("tcp", addr)
+		c, _, err := dialPing(child.addr)
 		if err != nil {
 			return false
 		}
-		defer c.Close()
-		return ping(c) == nil
+		_ = c.Close()
+		return true
 	})
-	_ = stdin.Close()
-	var stats string
-	for lines.Scan() {
-		if s, ok := strings.CutPrefix(lines.Text(), "STATS "); ok {
-			stats = s
-		}
-	}
-	var acceptErrs, shedCount, dialFailed uint64
-	if _, err := fmt.Sscan(stats, &acceptErrs, &shedCount, &dialFailed); err != nil {
-		t.Fatalf("child stats %q: %v", stats, err)
-	}
-	t.Logf("held %d connections before the limit; client saw %d resets; child: %d accept errors, %d shed, %d reset after failed dials",
+	acceptErrs, shedCount, dialFailed := child.stats(t)
+	t.Logf("held %d connections; client saw %d resets; child: %d accept errors, %d shed, %d reset after failed dials",
 		nheld, shed, acceptErrs, shedCount, dialFailed)
-	if acceptErrs == 0 || shedCount+dialFailed == 0 {
-		t.Fatalf("child stats %q: want accept errors and shed connections", stats)
+	if shedCount == 0 {
+		t.Fatalf("child counted no shed connection")
+	}
+}
+
+// TestAcceptSurvivesEMFILE exhausts the fds of a proxy without admission
+// control (files opened until EMFILE): accept fails, backs off without
+// spinning, and the spare fd lets it reset pending connections at once;
+// when the files close, service resumes by itself.
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	if os.Getenv("UPROXY_FD_CHILD") != "" {
+		fdChild(t)
+		return
+	}
+	child := startFDChild(t, "TestAcceptSurvivesEMFILE", "-1")
+	if c, _, err := dialPing(child.addr); err != nil {
+		t.Fatalf("before the fds run out: %v", err)
+	} else {
+		_ = c.Close()
+	}
+	_, _ = io.WriteString(child.stdin, "fill\n")
+	filled := child.expect(t, "FILLED ")
+	resets := 0
+	for range 10 {
+		c, hung, err := dialPing(child.addr)
+		if hung {
+			t.Fatalf("a connection at EMFILE hung instead of being reset: %v", err)
+		}
+		if err == nil {
+			_ = c.Close()
+			t.Fatalf("a connection was served with every fd taken")
+		}
+		resets++
+	}
+	_, _ = io.WriteString(child.stdin, "free\n")
+	child.expect(t, "FREED")
+	eventually(t, "service resumes", func() bool {
+		c, _, err := dialPing(child.addr)
+		if err != nil {
+			return false
+		}
+		_ = c.Close()
+		return true
+	})
+	acceptErrs, shed, _ := child.stats(t)
+	t.Logf("filled %s fds; client saw %d resets; child: %d accept errors, %d shed", filled, resets, acceptErrs, shed)
+	if acceptErrs == 0 || shed == 0 {
+		t.Fatalf("child counted %d accept errors and %d shed: want both", acceptErrs, shed)
+	}
+	// Backoff: 10 connections within a few seconds cost at most a few dozen
+	// accept errors (5ms doubling to 1s), not a busy loop.
+	if acceptErrs > 200 {
+		t.Fatalf("%d accept errors: the accept loop spins at EMFILE", acceptErrs)
 	}
 }
 
@@ -138,7 +220,8 @@ func fdChild(t *testing.T) {
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: lim, Max: lim}); err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{BindAddr: netip.MustParseAddr("127.0.0.1")}, nil, zerolog.Nop())
+	headroom, _ := strconv.Atoi(os.Getenv("UPROXY_FD_HEADROOM"))
+	p, err := New(Config{BindAddr: netip.MustParseAddr("127.0.0.1"), FDHeadroom: headroom}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +229,30 @@ func fdChild(t *testing.T) {
 	mustSync(t, p, tcpPort(n, 80))
 	p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(os.Getenv("UPROXY_FD_ENDPOINT"))})
 	fmt.Printf("ADDR %s\n", addrOf(p, n))
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	var filler []*os.File
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "fill":
+			for p.handlers.Load() > 0 { // earlier relays must have freed their fds
+				time.Sleep(time.Millisecond)
+			}
+			for {
+				f, err := os.Open(os.DevNull)
+				if err != nil {
+					break
+				}
+				filler = append(filler, f)
+			}
+			fmt.Printf("FILLED %d\n", len(filler))
+		case "free":
+			for _, f := range filler {
+				_ = f.Close()
+			}
+			filler = nil
+			fmt.Println("FREED")
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = p.Shutdown(ctx)

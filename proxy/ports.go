@@ -103,12 +103,7 @@ func (p *Proxier) reconcileLocked(ps *portState, sp svc.Port) error {
 func (p *Proxier) closeListenerLocked(ps *portState, why string) {
 	l := ps.lst
 	ps.lst = nil
-	for _, ln := range l.tcp {
-		_ = ln.Close() // the accept loop sees net.ErrClosed and ends
-	}
-	for _, u := range l.udp {
-		u.close()
-	}
+	l.close(p) // each accept loop sees net.ErrClosed and ends
 	if l.fromAlloc && p.alloc != nil {
 		p.alloc.release(int(l.proxyPort))
 	}
@@ -183,7 +178,7 @@ func (p *Proxier) bindLocked(ps *portState, proto svc.Protocol, port uint16, fre
 			return nil, err
 		}
 		port = probe.port()
-		probe.close()
+		probe.close(p)
 		addr = listenAddr(p.cfg.BindAddr, port)
 	}
 	one, err := p.openOne(ps, proto, addr, p.cfg.ReusePort)
@@ -216,7 +211,7 @@ func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, e
 		l.add(one)
 	}
 	if err := errors.Join(errs...); err != nil {
-		l.close()
+		l.close(p)
 		return nil, err
 	}
 	return l, nil
@@ -235,12 +230,13 @@ func (o oneListener) port() uint16 {
 	return o.udp.conn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
-func (o oneListener) close() {
+func (o oneListener) close(p *Proxier) {
 	if o.tcp != nil {
-		_ = o.tcp.Close() // never served
+		_ = o.tcp.Close()
 	} else {
 		o.udp.close()
 	}
+	p.fds.other.Add(-1)
 }
 
 func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse bool) (oneListener, error) {
@@ -249,12 +245,14 @@ func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse 
 		if err != nil {
 			return oneListener{}, err
 		}
+		p.fds.other.Add(1)
 		return oneListener{udp: newUDPServer(p, ps, c)}, nil
 	}
 	ln, err := listenTCP(p.ctx, reuse, addr)
 	if err != nil {
 		return oneListener{}, err
 	}
+	p.fds.other.Add(1)
 	return oneListener{tcp: ln}, nil
 }
 
@@ -268,12 +266,14 @@ func (l *portListener) add(o oneListener) {
 	}
 }
 
-// close closes listeners that were never started (error paths).
-func (l *portListener) close() {
+// close closes every listener of l.
+func (l *portListener) close(p *Proxier) {
 	for _, ln := range l.tcp {
 		_ = ln.Close()
+		p.fds.other.Add(-1)
 	}
 	for _, u := range l.udp {
 		u.close()
+		p.fds.other.Add(-1)
 	}
 }

@@ -38,6 +38,7 @@ type Proxier struct {
 	handlers atomic.Int64 // serveTCP goroutines running (dialing or relaying)
 
 	reserve      fdReserve
+	fds          *fdBudget
 	acceptErrors atomic.Uint64
 	shed         atomic.Uint64
 	acceptLogAt  atomic.Int64
@@ -101,6 +102,7 @@ func New(cfg Config, portals svc.PortalSyncer, log zerolog.Logger) (*Proxier, er
 		p.alloc = newPortAllocator(cfg.PortRange)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.fds = newFDBudget(cfg.FDHeadroom)
 	p.reserve.open()
 	p.wg.Add(1)
 	go p.janitor()
@@ -305,6 +307,7 @@ func (p *Proxier) janitor() {
 		case <-t.C:
 			p.sweepIdle()
 			p.sweepAffinity()
+			p.reserve.open() // retake a spare fd lost to a racing socket()
 		}
 	}
 }

@@ -44,10 +44,29 @@ func (p *Proxier) acceptLoop(ps *portState, ln *net.TCPListener) {
 			continue
 		}
 		delay = 0
+		if !p.fds.admit(p.handlers.Load()) {
+			p.shedConn(ps, c)
+			continue
+		}
 		p.handlers.Add(1)
 		p.wg.Add(1)
 		go p.serveTCP(ps, c)
 	}
+}
+
+// shedConn resets a connection that does not fit the fd budget.
+func (p *Proxier) shedConn(ps *portState, c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+	p.shed.Add(1)
+	now := mono()
+	last := p.acceptLogAt.Load()
+	if last != 0 && now-last < int64(acceptLogEvery) || !p.acceptLogAt.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn().Str("service", ps.label).Int64("connections", p.handlers.Load()).
+		Uint64("shed_total", p.shed.Load()).
+		Msg("open-file limit reached; shedding new connections (raise RLIMIT_NOFILE)")
 }
 
 // logAcceptError logs at most one line per acceptLogEvery for the whole
@@ -128,8 +147,11 @@ func (r *fdReserve) shed(ln *net.TCPListener, n interface{ Add(uint64) uint64 })
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.f == nil {
-		r.f, _ = os.Open(os.DevNull)
-		return
+		// Lost to a socket() that raced the last shed: without a spare fd
+		// nothing can be accepted until one frees.
+		if r.f, _ = os.Open(os.DevNull); r.f == nil {
+			return
+		}
 	}
 	_ = r.f.Close()
 	r.f = nil

@@ -120,6 +120,7 @@ func (s *udpServer) session(caddr netip.AddrPort) *udpSession {
 		sess.last.Store(mono())
 		s.sessions[caddr] = sess
 		ps.stats.udpActive.Add(1)
+		s.p.fds.other.Add(1)
 		ps.stats.udpTotal.Add(1)
 		be.active.Add(1)
 		be.total.Add(1)
@@ -206,6 +207,7 @@ func (sess *udpSession) closeLocked() {
 	sess.once.Do(func() {
 		_ = sess.conn.Close() // ends proxyReplies
 		sess.srv.ps.stats.udpActive.Add(-1)
+		sess.srv.p.fds.other.Add(-1)
 		sess.be.active.Add(-1)
 	})
 }

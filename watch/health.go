@@ -18,4 +18,9 @@ type Health struct {
 	QueuedSince  time.Time
 	NodeDeleting bool
 	NodeName     string
+	// UnreachableSince is when the source (the API server) stopped
+	// answering its reachability probe; zero while it answers.
+	// UnreachableErr is the probe's last error.
+	UnreachableSince time.Time
+	UnreachableErr   string
 }

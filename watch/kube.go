@@ -3,6 +3,8 @@ package watch
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"time"
 
 	"github.com/rs/zerolog"
 	v1 "k8s.io/api/core/v1"
@@ -98,8 +100,46 @@ func (s *KubeSource) Run(ctx context.Context, t *Tracker) error {
 	}
 	s.log.Info().Msg("informer caches synced")
 	t.SetSynced()
-	<-ctx.Done()
+	s.probeAPI(ctx, t)
 	return nil
+}
+
+// probeInterval is how often probeAPI asks the API server /readyz: half the
+// sync period, within 1s..10s, so an outage shows on /healthz soon after
+// the staleness bound (2 x SyncPeriod).
+func (o Options) probeInterval() time.Duration {
+	return min(max(o.SyncPeriod/2, time.Second), 10*time.Second)
+}
+
+// probeAPI asks the API server's /readyz (public to every authenticated
+// client, so no RBAC) until ctx is done and records the outcome in t. The
+// informers retry on their own and say nothing when the API server is
+// gone, so this is how /healthz learns that the state is no longer current.
+func (s *KubeSource) probeAPI(ctx context.Context, t *Tracker) {
+	rc := s.client.Discovery().RESTClient()
+	interval := s.opts.probeInterval()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if rc == nil || reflect.ValueOf(rc).IsNil() { // the fake clientset has none
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		err := rc.Get().AbsPath("/readyz").Do(pctx).Error()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			err = fmt.Errorf("GET /readyz: %w", err)
+		}
+		t.SetReachable(err)
+	}
 }
 
 // handlers adapts typed tracker handlers to an informer's, unwrapping

@@ -79,6 +79,7 @@ func (r *Runner) Health() Health {
 	h.QueuedSince = earliest(h.QueuedSince, r.t.oldestPending())
 	n := r.t.Node()
 	h.NodeName, h.NodeDeleting = n.Name, n.Deleting
+	h.UnreachableSince, h.UnreachableErr = r.t.Unreachable()
 	return h
 }
 

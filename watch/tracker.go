@@ -43,6 +43,10 @@ type Tracker struct {
 	serviceChanges  atomic.Uint64 // recorded Service events, for metrics
 	endpointChanges atomic.Uint64 // recorded EndpointSlice events, for metrics
 	lastQueued      atomic.Int64  // unix nanoseconds of the last recorded change
+	// unreachableSince is unix nanoseconds of the first failed contact with
+	// the source since the last successful one; 0 while it answers.
+	unreachableSince atomic.Int64
+	unreachableErr   atomic.Pointer[string] // the last contact error
 }
 
 // serviceChange is the accumulated change to one Service since the runner
@@ -89,6 +93,36 @@ func (t *Tracker) Node() NodeInfo {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.node
+}
+
+// SetReachable records the outcome of a contact with the source (an API
+// server probe): err nil clears an outage, a first error starts one.
+func (t *Tracker) SetReachable(err error) {
+	if err == nil {
+		if t.unreachableSince.Swap(0) != 0 {
+			t.log.Info().Msg("source reachable again")
+		}
+		return
+	}
+	msg := err.Error()
+	t.unreachableErr.Store(&msg)
+	if t.unreachableSince.CompareAndSwap(0, t.clock.Now().UnixNano()) {
+		t.log.Warn().Err(err).Msg("source unreachable; keeping the last known state")
+	}
+}
+
+// Unreachable returns when the current outage of the source began (zero
+// when it answers) and its last error.
+func (t *Tracker) Unreachable() (time.Time, string) {
+	ns := t.unreachableSince.Load()
+	if ns == 0 {
+		return time.Time{}, ""
+	}
+	msg := ""
+	if m := t.unreachableErr.Load(); m != nil {
+		msg = *m
+	}
+	return time.Unix(0, ns), msg
 }
 
 // SetSynced tells the tracker that the source has reported its complete

@@ -19,6 +19,9 @@ type syncState struct {
 	QueuedSince  time.Time // oldest change not applied yet; zero when none
 	NodeDeleting bool      // our Node has a deletionTimestamp or is gone
 	NodeName     string
+
+	UnreachableSince time.Time // the API server stopped answering; zero while it answers
+	UnreachableErr   string
 }
 
 // healthResponse is kube-proxy's /healthz and /livez body
@@ -97,6 +100,11 @@ func (h *healthServer) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	case !healthy:
 	case !s.Synced:
 		healthy, reason = false, "waiting for the first sync"
+	case !s.UnreachableSince.IsZero() && now.Sub(s.UnreachableSince) >= h.timeout:
+		// Readiness only: /livez stays 200, a restart would lose the
+		// last known state that uproxy keeps serving.
+		healthy, reason = false, fmt.Sprintf("API server unreachable for %s (limit %s), serving the last known state: %s",
+			now.Sub(s.UnreachableSince).Round(time.Second), h.timeout, s.UnreachableErr)
 	case !eligible:
 		healthy, reason = false, fmt.Sprintf("node %q is being deleted", s.NodeName)
 	case h.shuttingDown.Load():

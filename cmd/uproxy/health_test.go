@@ -79,6 +79,14 @@ func TestHealthServer(t *testing.T) {
 			state:   syncState{Synced: true, LastUpdated: now, NodeDeleting: true, NodeName: "node-1"},
 			healthz: 503, livez: 200, reason: `node "node-1" is being deleted`,
 		},
+		"API server unreachable within the bound": {
+			state:   syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-59 * time.Second), UnreachableErr: "connection refused"},
+			healthz: 200, livez: 200, eligible: true,
+		},
+		"API server unreachable beyond the bound": {
+			state:   syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-61 * time.Second), UnreachableErr: "connection refused"},
+			healthz: 503, livez: 200, reason: "API server unreachable for 1m1s (limit 1m0s), serving the last known state: connection refused", eligible: true,
+		},
 		"shutting down": {state: synced, shuttingDown: true, healthz: 503, livez: 200, reason: "shutting down", eligible: true},
 	}
 	for name, tc := range tests {

@@ -37,6 +37,9 @@ func (l *lateBound) syncState() syncState {
 		QueuedSince:  h.QueuedSince,
 		NodeDeleting: h.NodeDeleting,
 		NodeName:     h.NodeName,
+
+		UnreachableSince: h.UnreachableSince,
+		UnreachableErr:   h.UnreachableErr,
 	}
 }
 

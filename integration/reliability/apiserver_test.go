@@ -19,7 +19,6 @@ const syncPeriod = 2 * time.Second
 // when the API returns uproxy reconnects and converges: a scale-up made
 // right after the API is ready shows in /debug/services.
 func TestAPIServerOutage(t *testing.T) {
-	knownFailing(t, "known gap: /healthz does not report a lost API connection (stays 200 through a 16 s outage)")
 	w := newWorld(t, "rel-api", 5*time.Minute)
 	e := w.deployEcho("echo", 2)
 	w.b.StartUproxy(t, bed.UproxyOptions{SyncPeriod: syncPeriod})

@@ -28,7 +28,6 @@ const fdLimit = 400
 // reported, not asserted: EMFILE on dial never ejects (proxy/dial.go), but a
 // dial timing out under the flood's load may.
 func TestFDExhaustion(t *testing.T) {
-	knownFailing(t, "known bug: proxy/tcp.go loses its spare fd to a racing dial, so at the fd limit excess connections hang instead of being shed (21 of 24 hung)")
 	w := newWorld(t, "rel-fd", 4*time.Minute)
 	e := w.deployEcho("echo", 2)
 	u := w.b.StartUproxy(t, bed.UproxyOptions{})
