@@ -27,8 +27,10 @@ func TestAPIServerOutage(t *testing.T) {
 
 	loop := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: e.url(), Workers: 2, Interval: 50 * time.Millisecond})
 	apiDown := false
+	var exited chan struct{} // closed when StopAPIServer returns
 	t.Cleanup(func() { // never leave the shared bed without its API server
 		if apiDown {
+			<-exited
 			if err := w.b.StartAPIServer(); err != nil {
 				t.Errorf("restart kube-apiserver: %v", err)
 			} else if err := w.b.WaitAPIReady(context.Background()); err != nil {
@@ -38,8 +40,12 @@ func TestAPIServerOutage(t *testing.T) {
 	})
 	w.sleep(time.Second)
 	stoppedAt := time.Now()
-	w.b.StopAPIServer()
 	apiDown = true
+	// kube-apiserver refuses connections at once but takes seconds to exit
+	// (graceful termination): watch /healthz from the kill on, not from
+	// the exit.
+	exited = make(chan struct{})
+	go func() { defer close(exited); w.b.StopAPIServer() }()
 
 	// Watch /healthz through the outage (12s: three staleness bounds).
 	var unhealthyAfter time.Duration
@@ -53,6 +59,7 @@ func TestAPIServerOutage(t *testing.T) {
 		w.sleep(250 * time.Millisecond)
 	}
 	during := loop.Snapshot().Between(stoppedAt, time.Now())
+	<-exited
 
 	if err := w.b.StartAPIServer(); err != nil {
 		t.Fatalf("restart kube-apiserver: %v", err)
