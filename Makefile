@@ -51,6 +51,7 @@ vulncheck:
 	./scripts/vulncheck.sh
 
 bench: testbin build
+	./scripts/setup.sh --bench
 	UPROXY_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./integration/bench/...
 
 demo: testbin build

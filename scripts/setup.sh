@@ -7,6 +7,10 @@ for pair in iptables:iptables ip6tables:iptables conntrack:conntrack curl:curl w
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
+# make bench also needs dnsperf (the UDP DNS measure).
+if [ "${1:-}" = --bench ]; then
+  command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing packages ${need[*]} and not root; install them first" >&2
