@@ -102,6 +102,19 @@ func dialPing(addr string) (c net.Conn, hung bool, err error) {
 	return nil, errors.Is(err, os.ErrDeadlineExceeded), err
 }
 
+// waitServing waits until a connection through the child is served again.
+func (c *fdChildProc) waitServing(t *testing.T) {
+	t.Helper()
+	eventually(t, "service resumes", func() bool {
+		conn, _, err := dialPing(c.addr)
+		if err != nil {
+			return false
+		}
+		_ = conn.Close()
+		return true
+	})
+}
+
 // TestConnectionsShedAtFDBudget floods a proxy whose fd limit leaves room
 // for a few connections: those beyond the budget are reset at once (shed,
 // never left hanging in the backlog), the held ones keep working, and
@@ -143,14 +156,7 @@ func TestConnectionsShedAtFDBudget(t *testing.T) {
 		_ = c.Close()
 	}
 	held = nil
-	eventually(t, "service resumes", func() bool {
-		c, _, err := dialPing(child.addr)
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	})
+	child.waitServing(t)
 	acceptErrs, shedCount, dialFailed := child.stats(t)
 	t.Logf("held %d connections; client saw %d resets; child: %d accept errors, %d shed, %d reset after failed dials",
 		nheld, shed, acceptErrs, shedCount, dialFailed)
@@ -190,14 +196,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 	}
 	_, _ = io.WriteString(child.stdin, "free\n")
 	child.expect(t, "FREED")
-	eventually(t, "service resumes", func() bool {
-		c, _, err := dialPing(child.addr)
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	})
+	child.waitServing(t)
 	acceptErrs, shed, _ := child.stats(t)
 	t.Logf("filled %s fds; client saw %d resets; child: %d accept errors, %d shed", filled, resets, acceptErrs, shed)
 	if acceptErrs == 0 || shed == 0 {

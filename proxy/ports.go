@@ -240,20 +240,22 @@ func (o oneListener) close(p *Proxier) {
 }
 
 func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse bool) (oneListener, error) {
+	var o oneListener
 	if proto == svc.UDP {
 		c, err := listenUDP(p.ctx, reuse, addr)
 		if err != nil {
 			return oneListener{}, err
 		}
-		p.fds.other.Add(1)
-		return oneListener{udp: newUDPServer(p, ps, c)}, nil
+		o.udp = newUDPServer(p, ps, c)
+	} else {
+		ln, err := listenTCP(p.ctx, reuse, addr)
+		if err != nil {
+			return oneListener{}, err
+		}
+		o.tcp = ln
 	}
-	ln, err := listenTCP(p.ctx, reuse, addr)
-	if err != nil {
-		return oneListener{}, err
-	}
-	p.fds.other.Add(1)
-	return oneListener{tcp: ln}, nil
+	p.fds.other.Add(1) // released by oneListener.close
+	return o, nil
 }
 
 func (l *portListener) add(o oneListener) {
@@ -269,11 +271,9 @@ func (l *portListener) add(o oneListener) {
 // close closes every listener of l.
 func (l *portListener) close(p *Proxier) {
 	for _, ln := range l.tcp {
-		_ = ln.Close()
-		p.fds.other.Add(-1)
+		oneListener{tcp: ln}.close(p)
 	}
 	for _, u := range l.udp {
-		u.close()
-		p.fds.other.Add(-1)
+		oneListener{udp: u}.close(p)
 	}
 }

@@ -54,14 +54,21 @@ func (p *Proxier) acceptLoop(ps *portState, ln *net.TCPListener) {
 	}
 }
 
+// acceptLogDue reports whether an accept-side warning (accept errors,
+// shedding) may be logged now: at most one per acceptLogEvery for the whole
+// Proxier.
+func (p *Proxier) acceptLogDue() bool {
+	now := mono()
+	last := p.acceptLogAt.Load()
+	return (last == 0 || now-last >= int64(acceptLogEvery)) && p.acceptLogAt.CompareAndSwap(last, now)
+}
+
 // shedConn resets a connection that does not fit the fd budget.
 func (p *Proxier) shedConn(ps *portState, c *net.TCPConn) {
 	_ = c.SetLinger(0)
 	_ = c.Close()
 	p.shed.Add(1)
-	now := mono()
-	last := p.acceptLogAt.Load()
-	if last != 0 && now-last < int64(acceptLogEvery) || !p.acceptLogAt.CompareAndSwap(last, now) {
+	if !p.acceptLogDue() {
 		return
 	}
 	p.log.Warn().Str("service", ps.label).Int64("connections", p.handlers.Load()).
@@ -72,9 +79,7 @@ func (p *Proxier) shedConn(ps *portState, c *net.TCPConn) {
 // logAcceptError logs at most one line per acceptLogEvery for the whole
 // Proxier, with the number of errors since the previous line.
 func (p *Proxier) logAcceptError(ps *portState, err error, delay time.Duration) {
-	now := mono()
-	last := p.acceptLogAt.Load()
-	if last != 0 && now-last < int64(acceptLogEvery) || !p.acceptLogAt.CompareAndSwap(last, now) {
+	if !p.acceptLogDue() {
 		return
 	}
 	total := p.acceptErrors.Load()

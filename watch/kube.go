@@ -3,7 +3,6 @@ package watch
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -117,6 +116,10 @@ func (o Options) probeInterval() time.Duration {
 // gone, so this is how /healthz learns that the state is no longer current.
 func (s *KubeSource) probeAPI(ctx context.Context, t *Tracker) {
 	rc := s.client.Discovery().RESTClient()
+	if rc == nil { // the fake clientset has no REST client
+		<-ctx.Done()
+		return
+	}
 	interval := s.opts.probeInterval()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -125,9 +128,6 @@ func (s *KubeSource) probeAPI(ctx context.Context, t *Tracker) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		}
-		if rc == nil || reflect.ValueOf(rc).IsNil() { // the fake clientset has none
-			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		err := rc.Get().AbsPath("/readyz").Do(pctx).Error()

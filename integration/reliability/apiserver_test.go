@@ -28,7 +28,8 @@ func TestAPIServerOutage(t *testing.T) {
 	loop := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: e.url(), Workers: 2, Interval: 50 * time.Millisecond})
 	apiDown := false
 	var exited chan struct{} // closed when StopAPIServer returns
-	t.Cleanup(func() { // never leave the shared bed without its API server
+	// Never leave the shared bed without its API server.
+	t.Cleanup(func() {
 		if apiDown {
 			<-exited
 			if err := w.b.StartAPIServer(); err != nil {
