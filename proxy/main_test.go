@@ -173,6 +173,11 @@ func (b *backendServer) serve(mode string) {
 				if _, err := io.ReadFull(c, one); err == nil {
 					_, _ = c.Write(bulkData)
 				}
+			case "greet-close": // answers at once and closes: data and FIN together
+				_, _ = c.Write([]byte(b.id + ":hello"))
+			case "greet-reset": // answers at once and resets: data and RST together
+				_, _ = c.Write([]byte(b.id + ":hello"))
+				_ = c.SetLinger(0)
 			case "hold": // like who, but keeps its write side open
 				data, _ := io.ReadAll(c)
 				_, _ = c.Write([]byte(b.id + ":" + string(data)))

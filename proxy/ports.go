@@ -246,7 +246,10 @@ func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse 
 		if err != nil {
 			return oneListener{}, err
 		}
-		o.udp = newUDPServer(p, ps, c)
+		if o.udp, err = newUDPServer(p, ps, c); err != nil {
+			_ = c.Close() // never served
+			return oneListener{}, err
+		}
 	} else {
 		ln, err := listenTCP(p.ctx, reuse, addr)
 		if err != nil {

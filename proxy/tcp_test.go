@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"syscall"
 	"testing"
@@ -324,5 +326,45 @@ func TestProxierPortRangeExhaustsAndReleases(t *testing.T) {
 	mustSync(t, p, b) // a leaves, its port goes to b
 	if got := fp.last(); len(got) != 1 || got[0].Port.Name != b.Name || int(got[0].ProxyPort) != base {
 		t.Fatalf("portals %+v", got)
+	}
+}
+
+// A backend's last bytes and its FIN (or RST) often arrive together, in one
+// readiness edge: the relay must deliver the bytes and then the end at once,
+// not wait for another edge that never comes (until the idle timeout).
+func TestRelayDeliversDataThenEnd(t *testing.T) {
+	for _, mode := range []string{"greet-close", "greet-reset"} {
+		for _, disable := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/ejection disabled %v", mode, disable), func(t *testing.T) {
+				p, _ := newProxier(t, Config{DisableEjection: disable})
+				n := pn("greet", "")
+				mustSync(t, p, tcpPort(n, 80))
+				p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(newBackend(t, "g", mode).addr())})
+				for i := range 20 {
+					c, err := net.Dial("tcp", addrOf(p, n))
+					if err != nil {
+						if mode == "greet-reset" && errors.Is(err, syscall.ECONNRESET) {
+							continue // the resetting endpoint was ejected: reset at once
+						}
+						t.Fatal(err)
+					}
+					_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+					got, err := io.ReadAll(c)
+					_ = c.Close()
+					if errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatalf("try %d: the end never came after %q", i, got)
+					}
+					switch {
+					case mode == "greet-close" && (string(got) != "g:hello" || err != nil):
+						t.Fatalf("try %d: got %q, %v; want the greeting and EOF", i, got, err)
+					case mode == "greet-reset" && string(got) != "g:hello" && (len(got) != 0 || err == nil):
+						// A reset may destroy unread bytes (the kernel's, at
+						// either hop), so the greeting can be missing; the
+						// reset must not.
+						t.Fatalf("try %d: got %q, %v; want the greeting or a reset", i, got, err)
+					}
+				}
+			})
+		}
 	}
 }

@@ -29,6 +29,7 @@ type udpServer struct {
 	p    *Proxier
 	ps   *portState
 	conn *net.UDPConn
+	rc   syscall.RawConn // conn's: batched reads and writes
 
 	mu       sync.Mutex // guards sessions
 	sessions map[netip.AddrPort]*udpSession
@@ -36,28 +37,33 @@ type udpServer struct {
 
 type udpSession struct {
 	srv    *udpServer
-	client netip.AddrPort // as received, the reply destination
+	client netip.AddrPort // as received: the session's key
+	name   sockName       // client as the kernel gave it: the replies' destination
 	be     *backend
 	conn   *net.UDPConn // connected to be
 	last   atomic.Int64 // mono() of the last datagram either way
 	once   sync.Once
 }
 
-func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) *udpServer {
-	return &udpServer{p: p, ps: ps, conn: c, sessions: map[netip.AddrPort]*udpSession{}}
+func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) (*udpServer, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &udpServer{p: p, ps: ps, conn: c, rc: rc, sessions: map[netip.AddrPort]*udpSession{}}, nil
 }
 
 // close closes the listen socket; serve then ends every session.
 func (s *udpServer) close() { _ = s.conn.Close() }
 
-// serve reads client datagrams until the socket is closed and forwards each
-// to its session's endpoint.
+// serve reads client datagrams, a batch per recvmmsg, until the socket is
+// closed and forwards each to its session's endpoint.
 func (s *udpServer) serve() {
 	defer s.p.wg.Done()
 	defer s.closeSessions()
-	buf := make([]byte, udpBufSize)
+	b := newUDPBatch(true)
 	for {
-		n, caddr, err := s.conn.ReadFromUDPAddrPort(buf)
+		n, err := b.recv(s.rc)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -68,24 +74,33 @@ func (s *udpServer) serve() {
 			}
 			continue
 		}
-		sess := s.session(caddr)
-		if sess == nil {
-			continue
+		for i := range n {
+			caddr, name := b.sender(i)
+			s.forward(caddr, &name, b.data(i))
 		}
-		sess.last.Store(mono())
-		if _, err := sess.conn.Write(buf[:n]); err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
-			}
-			sess.close() // the next datagram picks again
+		b.release()
+	}
+}
+
+// forward sends one client datagram to the client's session's endpoint.
+func (s *udpServer) forward(caddr netip.AddrPort, name *sockName, d []byte) {
+	sess := s.session(caddr, name)
+	if sess == nil {
+		return
+	}
+	sess.last.Store(mono())
+	if _, err := sess.conn.Write(d); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
 		}
+		sess.close() // the next datagram picks again
 	}
 }
 
 // session returns the client's session, creating one when there is none or
 // when its endpoint was removed or ejected (the session moves). It returns
 // nil when the datagram must be dropped (cap reached, no endpoint).
-func (s *udpServer) session(caddr netip.AddrPort) *udpSession {
+func (s *udpServer) session(caddr netip.AddrPort, name *sockName) *udpSession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sess := s.sessions[caddr]; sess != nil {
@@ -116,7 +131,7 @@ func (s *udpServer) session(caddr netip.AddrPort) *udpSession {
 			ps.bal.forget(client)
 			continue
 		}
-		sess := &udpSession{srv: s, client: caddr, be: be, conn: c}
+		sess := &udpSession{srv: s, client: caddr, name: *name, be: be, conn: c}
 		sess.last.Store(mono())
 		s.sessions[caddr] = sess
 		ps.stats.udpActive.Add(1)
@@ -152,9 +167,14 @@ func (s *udpServer) closeSessions() {
 	s.mu.Unlock()
 }
 
-// proxyReplies relays the endpoint's replies to the client until the session
-// has been idle for UDPIdleTimeout (either way) or its socket fails. A reply
-// readmits an ejected endpoint; ICMP refused ejects it.
+// proxyReplies relays the endpoint's replies to the client, a batch per
+// recvmmsg/sendmmsg, until the session has been idle for UDPIdleTimeout
+// (either way) or its socket fails. A reply readmits an ejected endpoint;
+// ICMP refused ejects it.
+//
+// The read deadline is armed once per idle period, not per datagram: when
+// it fires while the session is still busy the loop re-arms it from the
+// last datagram's time.
 func (sess *udpSession) proxyReplies() {
 	s := sess.srv
 	defer s.p.wg.Done()
@@ -163,19 +183,24 @@ func (sess *udpSession) proxyReplies() {
 	if err != nil {
 		return
 	}
+	b := newUDPBatch(false)
 	idle := int64(s.p.cfg.UDPIdleTimeout)
+	armed := false
 	for {
-		deadline := sess.last.Load() + idle
-		if mono() >= deadline {
-			return
+		if !armed {
+			deadline := sess.last.Load() + idle
+			if mono() >= deadline {
+				return
+			}
+			if err := sess.conn.SetReadDeadline(monoTime(deadline)); err != nil {
+				return
+			}
+			armed = true
 		}
-		if err := sess.conn.SetReadDeadline(monoTime(deadline)); err != nil {
-			return
-		}
-		b, n, err := readPooledUDP(rc)
-		if err != nil {
+		if _, err := b.recv(rc); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue // re-check: client datagrams may have moved last
+				armed = false // re-check: client datagrams may have moved last
+				continue
 			}
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
@@ -186,8 +211,11 @@ func (sess *udpSession) proxyReplies() {
 		if sess.be.health.ejected.Load() {
 			s.p.readmit(s.ps, sess.be, "udp reply", false)
 		}
-		_, _ = s.conn.WriteToUDPAddrPort((*b)[:n], sess.client) // a lost reply is UDP's contract
-		udpBufPool.Put(b)
+		err := b.sendAll(s.rc, &sess.name) // a refused reply is lost: UDP's contract
+		b.release()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
 	}
 }
 
@@ -210,31 +238,4 @@ func (sess *udpSession) closeLocked() {
 		sess.srv.p.fds.other.Add(-1)
 		sess.be.active.Add(-1)
 	})
-}
-
-// readPooledUDP is readPooled for datagrams, with 64 KiB buffers.
-func readPooledUDP(rc syscall.RawConn) (*[]byte, int, error) {
-	var (
-		b    *[]byte
-		n    int
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		b = udpBufPool.Get().(*[]byte)
-		n, rerr = syscall.Read(int(fd), *b)
-		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
-			udpBufPool.Put(b)
-			b = nil
-			return false
-		}
-		return true
-	})
-	if err != nil {
-		return nil, 0, err
-	}
-	if rerr != nil {
-		udpBufPool.Put(b)
-		return nil, 0, os.NewSyscallError("read", rerr)
-	}
-	return b, n, nil
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -47,6 +48,46 @@ func TestUDPSessions(t *testing.T) {
 			got, err := udpAsk(dialUDP(t, addr), big)
 			if err != nil || got != "u1:"+string(big) {
 				t.Fatalf("got %d bytes, %v", len(got), err)
+			}
+		},
+		"bursts from several clients, batched": func(t *testing.T, p *Proxier, n svc.PortName, addr string) {
+			// Each client sends its burst without waiting, so the proxy's
+			// recvmmsg and sendmmsg move several datagrams (of several
+			// clients) at a time; a 20000-byte datagram lands in a later
+			// slot of a batch and must not be truncated.
+			const clients, burst = 3, 16
+			payload := func(c, i int) string {
+				if i%8 == 7 {
+					return strings.Repeat(string(rune('a'+c)), 20000)
+				}
+				return fmt.Sprintf("c%d-%d", c, i)
+			}
+			conns := make([]*net.UDPConn, clients)
+			for c := range conns {
+				conns[c] = dialUDP(t, addr)
+			}
+			for i := range burst {
+				for c, conn := range conns {
+					if _, err := conn.Write([]byte(payload(c, i))); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			buf := make([]byte, 70000)
+			for c, conn := range conns {
+				_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+				for i := range burst {
+					m, err := conn.Read(buf)
+					if err != nil {
+						t.Fatalf("client %d reply %d: %v", c, i, err)
+					}
+					if got, want := string(buf[:m]), "u1:"+payload(c, i); got != want {
+						t.Fatalf("client %d reply %d: %d bytes %.20q, want %d bytes %.20q", c, i, len(got), got, len(want), want)
+					}
+				}
+			}
+			if st := p.Snapshot()[0]; st.UDPSessionsTotal != clients {
+				t.Fatalf("sessions total %d, want %d", st.UDPSessionsTotal, clients)
 			}
 		},
 		"session moves off a removed endpoint": func(t *testing.T, p *Proxier, n svc.PortName, addr string) {

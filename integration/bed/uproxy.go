@@ -36,6 +36,8 @@ type UproxyOptions struct {
 	Args []string
 	// NoWait skips waiting for /healthz to answer 200.
 	NoWait bool
+	// Env is added to the process's environment (e.g. GOMAXPROCS=1).
+	Env []string
 }
 
 // Uproxy is a uproxy process in the node namespace.
@@ -95,7 +97,7 @@ func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
 	}, o.Args...)
 	// In the bed directory, which Main keeps when a test failed.
 	logPath := b.path(fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
-	p, err := StartProc(b.Node, "uproxy", logPath, nil, append([]string{o.Binary}, args...)...)
+	p, err := StartProc(b.Node, "uproxy", logPath, o.Env, append([]string{o.Binary}, args...)...)
 	if err != nil {
 		t.Fatalf("start uproxy: %v", err)
 	}

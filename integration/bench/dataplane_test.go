@@ -39,6 +39,23 @@ type world struct {
 }
 
 func benchDataPlane(t *testing.T, b *bed.Bed, res *Results) {
+	w := newWorld(t, b, res)
+	w.proxy = b.StartUproxy(t, bed.UproxyOptions{MinSyncPeriod: time.Second, Args: []string{"--profiling"}})
+	w.waitTargets(Targets)
+	// Idle first: uproxy's fd and RSS baseline is then not inflated by
+	// buffers the throughput runs leave behind.
+	t.Run("idle", w.benchIdle)
+	t.Run("keepalive", func(t *testing.T) { w.benchWrk(t, "keep-alive", nil, res.KeepAlive) })
+	t.Run("close", func(t *testing.T) { w.benchWrk(t, "close", []string{"-H", "Connection: close"}, res.Close) })
+	t.Run("bulk", w.benchBulk)
+	t.Run("dns", w.benchDNS)
+	t.Run("profile", w.benchProfile)
+	t.Run("endpoints", func(t *testing.T) { w.benchEndpointChange(t) })
+}
+
+// newWorld deploys the bench's echo pod, its service (HTTP 80, DNS 53),
+// dnsmasq, HAProxy and the client namespace; it does not start uproxy.
+func newWorld(t *testing.T, b *bed.Bed, res *Results) *world {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	t.Cleanup(cancel)
 	w := &world{t: t, b: b, ctx: ctx, res: res}
@@ -69,7 +86,6 @@ func benchDataPlane(t *testing.T, b *bed.Bed, res *Results) {
 			t.Fatal(err)
 		}
 	}
-	w.proxy = b.StartUproxy(t, bed.UproxyOptions{MinSyncPeriod: time.Second, Args: []string{"--profiling"}})
 	w.urls = map[string]string{
 		Direct:      fmt.Sprintf("http://%s:8080", w.podIP),
 		Uproxy:      fmt.Sprintf("http://%s:80", w.clusterIP),
@@ -77,23 +93,19 @@ func benchDataPlane(t *testing.T, b *bed.Bed, res *Results) {
 		HAProxyHTTP: fmt.Sprintf("http://%s:%d", bed.NodeIP, haproxyHTTPPort),
 	}
 	w.dnsServers = map[string]string{Direct: w.podIP, Uproxy: w.clusterIP}
-	for _, target := range Targets {
-		wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	return w
+}
+
+// waitTargets waits until each target answers the echo's hello.
+func (w *world) waitTargets(targets []string) {
+	for _, target := range targets {
+		wctx, wcancel := context.WithTimeout(w.ctx, 20*time.Second)
 		_, err := w.client.WaitHello(wctx, w.urls[target]+"/")
 		wcancel()
 		if err != nil {
-			t.Fatalf("%s: %v", target, err)
+			w.t.Fatalf("%s: %v", target, err)
 		}
 	}
-	// Idle first: uproxy's fd and RSS baseline is then not inflated by
-	// buffers the throughput runs leave behind.
-	t.Run("idle", w.benchIdle)
-	t.Run("keepalive", func(t *testing.T) { w.benchWrk(t, "keep-alive", nil, res.KeepAlive) })
-	t.Run("close", func(t *testing.T) { w.benchWrk(t, "close", []string{"-H", "Connection: close"}, res.Close) })
-	t.Run("bulk", w.benchBulk)
-	t.Run("dns", w.benchDNS)
-	t.Run("profile", w.benchProfile)
-	t.Run("endpoints", func(t *testing.T) { w.benchEndpointChange(t) })
 }
 
 // startDNSMasq runs dnsmasq in the pod's namespace, answering

@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpBatchSize is how many datagrams one recvmmsg/sendmmsg moves at most.
+const udpBatchSize = 8
+
+// udpBatch receives (recvmmsg) and sends (sendmmsg) up to udpBatchSize
+// datagrams per system call. Its 64 KiB buffers come from udpBufPool when
+// the socket is readable and go back after each batch (release), so an idle
+// socket holds none; a buffer that size never truncates a datagram.
+//
+// A batch is owned by one goroutine (a listener's serve loop or a session's
+// reply loop). Its callbacks are bound once, so a batch allocates nothing.
+type udpBatch struct {
+	msgs  [udpBatchSize]unix.Mmsghdr
+	iovs  [udpBatchSize]unix.Iovec
+	names [udpBatchSize]unix.RawSockaddrInet6 // senders (recv with names)
+	bufs  [udpBatchSize]*[]byte
+	n     int // datagrams in hand after recv
+
+	withNames bool
+	rerr      error
+	recvFn    func(fd uintptr) bool
+
+	// send state: sendmmsg of msgs[sent:n] to dst
+	dst    *sockName
+	sent   int
+	serr   error
+	sendFn func(fd uintptr) bool
+}
+
+// sockName is a raw socket address as the kernel wrote it (a sender) or
+// will read it (a destination).
+type sockName struct {
+	raw unix.RawSockaddrInet6 // large enough for AF_INET too
+	len uint32
+}
+
+func newUDPBatch(withNames bool) *udpBatch {
+	b := &udpBatch{withNames: withNames}
+	b.recvFn, b.sendFn = b.recvFD, b.sendFD
+	return b
+}
+
+// recv waits until rc is readable and receives up to udpBatchSize
+// datagrams; datagram i is b.data(i), its sender b.sender(i). The caller
+// calls release when done with them.
+func (b *udpBatch) recv(rc syscall.RawConn) (int, error) {
+	b.n, b.rerr = 0, nil
+	if err := rc.Read(b.recvFn); err != nil {
+		b.release()
+		return 0, err
+	}
+	if b.rerr != nil {
+		b.release()
+		return 0, os.NewSyscallError("recvmmsg", b.rerr)
+	}
+	return b.n, nil
+}
+
+func (b *udpBatch) recvFD(fd uintptr) bool {
+	for i := range b.msgs {
+		if b.bufs[i] == nil {
+			b.bufs[i] = udpBufPool.Get().(*[]byte)
+		}
+		b.iovs[i].Base = &(*b.bufs[i])[0]
+		b.iovs[i].SetLen(udpBufSize)
+		h := &b.msgs[i].Hdr
+		*h = unix.Msghdr{Iov: &b.iovs[i], Iovlen: 1}
+		if b.withNames {
+			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+			h.Namelen = unix.SizeofSockaddrInet6
+		}
+		b.msgs[i].Len = 0
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), udpBatchSize,
+		unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case 0:
+		b.n = int(n)
+		return true
+	case unix.EAGAIN, unix.EINTR:
+		b.release() // no buffer is held while the socket is idle
+		return false
+	}
+	b.rerr = errno
+	return true
+}
+
+// data is datagram i of the batch in hand.
+func (b *udpBatch) data(i int) []byte { return (*b.bufs[i])[:b.msgs[i].Len] }
+
+// sender is datagram i's source address (recv with names), as received: a
+// v4-mapped address on a dual-stack socket stays mapped.
+func (b *udpBatch) sender(i int) (netip.AddrPort, sockName) {
+	sa := &b.names[i]
+	name := sockName{raw: *sa, len: b.msgs[i].Hdr.Namelen}
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port), name
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port), name
+	}
+	return netip.AddrPort{}, name
+}
+
+// release returns the batch's buffers to the pool.
+func (b *udpBatch) release() {
+	for i, buf := range b.bufs {
+		if buf != nil {
+			udpBufPool.Put(buf)
+			b.bufs[i] = nil
+			b.iovs[i].Base = nil
+		}
+	}
+	b.n = 0
+}
+
+// sendAll sends the batch in hand (datagrams 0..n-1, as received) to dst
+// through rc with sendmmsg, waiting while the socket buffer is full. A
+// datagram the kernel refuses is dropped (UDP's contract); the first such
+// error is returned after the others were sent.
+func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName) error {
+	for i := 0; i < b.n; i++ {
+		b.iovs[i].SetLen(int(b.msgs[i].Len))
+		h := &b.msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&dst.raw))
+		h.Namelen = dst.len
+		h.Control, h.Controllen, h.Flags = nil, 0, 0
+	}
+	b.dst, b.sent, b.serr = dst, 0, nil
+	var first error
+	for b.sent < b.n {
+		if err := rc.Write(b.sendFn); err != nil {
+			return err
+		}
+		if b.serr != nil {
+			if first == nil {
+				first = os.NewSyscallError("sendmmsg", b.serr)
+			}
+			b.sent++ // drop the datagram the kernel refused
+			b.serr = nil
+		}
+	}
+	return first
+}
+
+func (b *udpBatch) sendFD(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[b.sent])), uintptr(b.n-b.sent),
+		unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case 0:
+		b.sent += int(n)
+		return true
+	case unix.EAGAIN:
+		return false
+	case unix.EINTR:
+		return true // sendAll calls again
+	}
+	b.serr = errno
+	return true
+}
