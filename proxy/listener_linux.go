@@ -4,29 +4,51 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// listenConfig returns the ListenConfig for a listener: keepalive on
-// accepted connections and, with reusePort, SO_REUSEPORT so an overlapping
-// instance can bind the same port.
-func listenConfig(reusePort bool) *net.ListenConfig {
-	lc := &net.ListenConfig{KeepAliveConfig: keepAlive}
-	if reusePort {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) {
+// listenConfig returns the ListenConfig for a listener. A TCP listening
+// socket gets the keepalive settings (keepAlive) itself: accepted sockets
+// inherit them from it (and TCP_NODELAY, which Go sets on each anyway), so
+// accepting a connection costs no keepalive setsockopt calls. With reusePort
+// the socket gets SO_REUSEPORT so an overlapping instance can bind the same
+// port.
+func listenConfig(reusePort, tcp bool) *net.ListenConfig {
+	lc := &net.ListenConfig{KeepAlive: -1} // accepted sockets inherit the listener's
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			if reusePort {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}); err != nil {
-				return err
 			}
-			return serr
+			if tcp && serr == nil {
+				serr = setKeepAlive(int(fd), keepAlive)
+			}
+		}); err != nil {
+			return err
 		}
+		return serr
 	}
 	return lc
+}
+
+// setKeepAlive sets cfg on a TCP socket.
+func setKeepAlive(fd int, cfg net.KeepAliveConfig) error {
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(cfg.Idle / time.Second)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(cfg.Interval / time.Second)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, cfg.Count},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return nil
 }
 
 // listenAddr renders a listen address; an invalid or unspecified address
@@ -75,7 +97,7 @@ func netipUnmap(a netip.AddrPort) netip.AddrPort {
 
 // listenTCP and listenUDP open one listener.
 func listenTCP(ctx context.Context, reusePort bool, addr string) (*net.TCPListener, error) {
-	ln, err := listenConfig(reusePort).Listen(ctx, "tcp", addr)
+	ln, err := listenConfig(reusePort, true).Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +105,7 @@ func listenTCP(ctx context.Context, reusePort bool, addr string) (*net.TCPListen
 }
 
 func listenUDP(ctx context.Context, reusePort bool, addr string) (*net.UDPConn, error) {
-	c, err := listenConfig(reusePort).ListenPacket(ctx, "udp", addr)
+	c, err := listenConfig(reusePort, false).ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, err
 	}

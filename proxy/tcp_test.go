@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/uproxy/uproxy/svc"
 )
@@ -366,5 +367,51 @@ func TestRelayDeliversDataThenEnd(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// Accepted connections get their keepalive from the listening socket (no
+// setsockopt per connection): check that the kernel really copies it.
+func TestAcceptedConnectionsInheritKeepAlive(t *testing.T) {
+	ln, err := listenTCP(t.Context(), false, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ac, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	rc, err := ac.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle / time.Second)},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval / time.Second)},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count},
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	} {
+		t.Run(o.name, func(t *testing.T) {
+			var got int
+			var gerr error
+			if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil || gerr != nil {
+				t.Fatal(err, gerr)
+			}
+			if got != o.want {
+				t.Fatalf("%s = %d on the accepted socket, want %d", o.name, got, o.want)
+			}
+		})
 	}
 }

@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +48,9 @@ func parseABVariants(s string) ([]abVariant, error) {
 //
 // Each variant is started for its turn only, so one uproxy runs at a time.
 // UPROXY_BENCH_AB_ROUNDS (default 3) sets the rounds; UPROXY_BENCH_AB_MEASURES
-// (default "keepalive close dns bulk") the measures. It prints medians and
+// (default "keepalive close dns bulk") the measures; "profile-keepalive"
+// and "profile-close" take an 8 s CPU profile of each variant under that
+// load into bin/ab-<variant>-<load>.pprof and log its top functions. It prints medians and
 // writes no report.
 func TestBenchAB(t *testing.T) {
 	spec := os.Getenv("UPROXY_BENCH_AB")
@@ -118,6 +123,11 @@ func TestBenchAB(t *testing.T) {
 				}
 				record(m, target, speed/1e6)
 				t.Logf("bulk %s: %.0f MB/s", target, speed/1e6)
+			case "profile-keepalive", "profile-close":
+				if target == Direct || target == HAProxyTCP {
+					continue
+				}
+				w.abProfile(t, target, strings.TrimPrefix(m, "profile-"))
 			default:
 				t.Fatalf("unknown measure %q", m)
 			}
@@ -133,7 +143,7 @@ func TestBenchAB(t *testing.T) {
 		t.Run(fmt.Sprintf("round%d/%s", round, HAProxyTCP), func(t *testing.T) { measure(t, HAProxyTCP) })
 		for _, v := range variants {
 			t.Run(fmt.Sprintf("round%d/%s", round, v.name), func(t *testing.T) {
-				w.proxy = b.StartUproxy(t, bed.UproxyOptions{Binary: v.binary, Env: v.env, MinSyncPeriod: time.Second})
+				w.proxy = b.StartUproxy(t, bed.UproxyOptions{Binary: v.binary, Env: v.env, MinSyncPeriod: time.Second, Args: []string{"--profiling"}})
 				w.waitTargets([]string{Uproxy})
 				w.urls[v.name] = w.urls[Uproxy]
 				w.dnsServers[v.name] = w.dnsServers[Uproxy]
@@ -164,4 +174,36 @@ func TestBenchAB(t *testing.T) {
 	}
 	fmt.Print(out.String())
 	t.Log(out.String())
+}
+
+// abProfile takes an 8 s CPU profile of the running uproxy variant during a
+// wrk run of the given kind and logs `go tool pprof -top`.
+func (w *world) abProfile(t *testing.T, variant, kind string) {
+	argv := []string{"wrk", "-t2", "-c32", "-d12s"}
+	if kind == "close" {
+		argv = append(argv, "-H", "Connection: close")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
+		defer cancel()
+		w.client.Run(ctx, "", append(argv, w.urls[variant]+"/")...)
+	}()
+	sleepCtx(w.ctx, 2*time.Second)
+	prof, err := w.fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=8", bed.MetricsAddr), 30*time.Second)
+	<-done
+	if err != nil {
+		t.Fatalf("profile: %v", err)
+	}
+	root, _ := bed.RepoRoot()
+	path := filepath.Join(root, "bin", fmt.Sprintf("ab-%s-%s.pprof", variant, kind))
+	if err := os.WriteFile(path, prof, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pprof: %v: %s", err, out)
+	}
+	t.Logf("%s under %s load (%s):\n%s", variant, kind, path, out)
 }
