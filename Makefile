@@ -14,7 +14,7 @@ PKGS_UNIT  = $(shell $(GO) list ./... | grep -v /integration)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    = -s -w -X github.com/uproxy/uproxy/cmd/uproxy/version.Version=$(VERSION)
 
-.PHONY: all build test test-unit test-integration testbin lint bench demo fuzz vulncheck clean
+.PHONY: all build test test-unit test-integration testbin lint bench bench-ab demo fuzz vulncheck clean
 
 all: build
 
@@ -52,7 +52,13 @@ vulncheck:
 
 bench: testbin build
 	./scripts/setup.sh --bench
-	UPROXY_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./integration/bench/...
+	UPROXY_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench$$' -v ./integration/bench/...
+
+# bench-ab AB="old=/tmp/uproxy-old new=bin/uproxy" [AB_MEASURES="keepalive close dns bulk profile-keepalive"]
+bench-ab: testbin build
+	./scripts/setup.sh --bench
+	UPROXY_BENCH=1 UPROXY_BENCH_AB="$(AB)" UPROXY_BENCH_AB_MEASURES="$(AB_MEASURES)" \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchAB$$' -v ./integration/bench/...
 
 demo: testbin build
 	$(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/

@@ -40,8 +40,9 @@ type udpSession struct {
 	client netip.AddrPort // as received: the session's key
 	name   sockName       // client as the kernel gave it: the replies' destination
 	be     *backend
-	conn   *net.UDPConn // connected to be
-	last   atomic.Int64 // mono() of the last datagram either way
+	conn   *net.UDPConn    // connected to be
+	rc     syscall.RawConn // conn's
+	last   atomic.Int64    // mono() of the last datagram either way
 	once   sync.Once
 }
 
@@ -57,11 +58,13 @@ func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) (*udpServer, error)
 func (s *udpServer) close() { _ = s.conn.Close() }
 
 // serve reads client datagrams, a batch per recvmmsg, until the socket is
-// closed and forwards each to its session's endpoint.
+// closed and forwards each to its session's endpoint, a sendmmsg per
+// session and batch.
 func (s *udpServer) serve() {
 	defer s.p.wg.Done()
 	defer s.closeSessions()
 	b := newUDPBatch(true)
+	var sess [udpBatchSize]*udpSession // datagram i's session
 	for {
 		n, err := b.recv(s.rc)
 		if err != nil {
@@ -76,25 +79,19 @@ func (s *udpServer) serve() {
 		}
 		for i := range n {
 			caddr, name := b.sender(i)
-			s.forward(caddr, &name, b.data(i))
+			sess[i] = s.session(caddr, &name)
 		}
+		b.fanOut(&sess, s.sendFailed)
 		b.release()
 	}
 }
 
-// forward sends one client datagram to the client's session's endpoint.
-func (s *udpServer) forward(caddr netip.AddrPort, name *sockName, d []byte) {
-	sess := s.session(caddr, name)
-	if sess == nil {
-		return
+// sendFailed handles a session socket that refused a client datagram.
+func (s *udpServer) sendFailed(sess *udpSession, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
 	}
-	sess.last.Store(mono())
-	if _, err := sess.conn.Write(d); err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			s.p.endpointFailed(s.ps, sess.be, true, "udp refused", err)
-		}
-		sess.close() // the next datagram picks again
-	}
+	sess.close() // the next datagram picks again
 }
 
 // session returns the client's session, creating one when there is none or
@@ -131,7 +128,13 @@ func (s *udpServer) session(caddr netip.AddrPort, name *sockName) *udpSession {
 			ps.bal.forget(client)
 			continue
 		}
-		sess := &udpSession{srv: s, client: caddr, name: *name, be: be, conn: c}
+		rc, err := c.SyscallConn()
+		if err != nil {
+			_ = c.Close() // never used
+			be.dialFails.Add(1)
+			continue
+		}
+		sess := &udpSession{srv: s, client: caddr, name: *name, be: be, conn: c, rc: rc}
 		sess.last.Store(mono())
 		s.sessions[caddr] = sess
 		ps.stats.udpActive.Add(1)
@@ -179,10 +182,7 @@ func (sess *udpSession) proxyReplies() {
 	s := sess.srv
 	defer s.p.wg.Done()
 	defer sess.close()
-	rc, err := sess.conn.SyscallConn()
-	if err != nil {
-		return
-	}
+	rc := sess.rc
 	b := newUDPBatch(false)
 	idle := int64(s.p.cfg.UDPIdleTimeout)
 	armed := false

@@ -31,11 +31,9 @@ type udpBatch struct {
 	rerr      error
 	recvFn    func(fd uintptr) bool
 
-	// send state: sendmmsg of msgs[sent:n] to dst
-	dst    *sockName
-	sent   int
-	serr   error
-	sendFn func(fd uintptr) bool
+	out    mmsgSender
+	fan    [udpBatchSize]unix.Mmsghdr // fanOut's share of one session
+	fanIov [udpBatchSize]unix.Iovec
 }
 
 // sockName is a raw socket address as the kernel wrote it (a sender) or
@@ -47,7 +45,7 @@ type sockName struct {
 
 func newUDPBatch(withNames bool) *udpBatch {
 	b := &udpBatch{withNames: withNames}
-	b.recvFn, b.sendFn = b.recvFD, b.sendFD
+	b.recvFn = b.recvFD
 	return b
 }
 
@@ -128,9 +126,7 @@ func (b *udpBatch) release() {
 }
 
 // sendAll sends the batch in hand (datagrams 0..n-1, as received) to dst
-// through rc with sendmmsg, waiting while the socket buffer is full. A
-// datagram the kernel refuses is dropped (UDP's contract); the first such
-// error is returned after the others were sent.
+// through rc with sendmmsg; see mmsgSender.send.
 func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName) error {
 	for i := 0; i < b.n; i++ {
 		b.iovs[i].SetLen(int(b.msgs[i].Len))
@@ -139,35 +135,85 @@ func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName) error {
 		h.Namelen = dst.len
 		h.Control, h.Controllen, h.Flags = nil, 0, 0
 	}
-	b.dst, b.sent, b.serr = dst, 0, nil
+	return b.out.send(rc, b.msgs[:b.n])
+}
+
+// fanOut sends the batch in hand to the sessions datagram i belongs to
+// (sess[i]; nil: dropped), one sendmmsg per session on its connected
+// socket, in order within each session. sess is cleared. failed is called
+// for a session whose socket refused a datagram (the rest of its share of
+// the batch is dropped).
+func (b *udpBatch) fanOut(sess *[udpBatchSize]*udpSession, failed func(*udpSession, error)) {
+	for i := 0; i < b.n; i++ {
+		cur := sess[i]
+		if cur == nil {
+			continue
+		}
+		k := 0
+		for j := i; j < b.n; j++ {
+			if sess[j] != cur {
+				continue
+			}
+			sess[j] = nil
+			b.fanIov[k].Base = &(*b.bufs[j])[0]
+			b.fanIov[k].SetLen(int(b.msgs[j].Len))
+			b.fan[k] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &b.fanIov[k], Iovlen: 1}}
+			k++
+		}
+		cur.last.Store(mono())
+		if err := b.out.send(cur.rc, b.fan[:k]); err != nil {
+			failed(cur, err)
+		}
+	}
+}
+
+// mmsgSender sends a slice of messages with sendmmsg through a RawConn,
+// waiting while the socket buffer is full. Its callback is bound once.
+type mmsgSender struct {
+	msgs []unix.Mmsghdr
+	sent int
+	serr error
+	fn   func(fd uintptr) bool
+}
+
+// send sends msgs. A datagram the kernel refuses is dropped (UDP's
+// contract) and the rest are still sent; the first such error is returned.
+// An error of rc itself (closed) ends it at once.
+func (m *mmsgSender) send(rc syscall.RawConn, msgs []unix.Mmsghdr) error {
+	if m.fn == nil {
+		m.fn = m.sendFD
+	}
+	m.msgs, m.sent, m.serr = msgs, 0, nil
+	defer func() { m.msgs = nil }()
 	var first error
-	for b.sent < b.n {
-		if err := rc.Write(b.sendFn); err != nil {
+	for m.sent < len(m.msgs) {
+		if err := rc.Write(m.fn); err != nil {
 			return err
 		}
-		if b.serr != nil {
+		if m.serr != nil {
 			if first == nil {
-				first = os.NewSyscallError("sendmmsg", b.serr)
+				first = os.NewSyscallError("sendmmsg", m.serr)
 			}
-			b.sent++ // drop the datagram the kernel refused
-			b.serr = nil
+			m.sent++ // drop the datagram the kernel refused
+			m.serr = nil
 		}
 	}
 	return first
 }
 
-func (b *udpBatch) sendFD(fd uintptr) bool {
-	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[b.sent])), uintptr(b.n-b.sent),
+func (m *mmsgSender) sendFD(fd uintptr) bool {
+	rest := m.msgs[m.sent:]
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)),
 		unix.MSG_DONTWAIT, 0, 0)
 	switch errno {
 	case 0:
-		b.sent += int(n)
+		m.sent += int(n)
 		return true
 	case unix.EAGAIN:
 		return false
 	case unix.EINTR:
-		return true // sendAll calls again
+		return true // send calls again
 	}
-	b.serr = errno
+	m.serr = errno
 	return true
 }

@@ -49,7 +49,7 @@ func parseABVariants(s string) ([]abVariant, error) {
 // Each variant is started for its turn only, so one uproxy runs at a time.
 // UPROXY_BENCH_AB_ROUNDS (default 3) sets the rounds; UPROXY_BENCH_AB_MEASURES
 // (default "keepalive close dns bulk") the measures; "profile-keepalive"
-// and "profile-close" take an 8 s CPU profile of each variant under that
+// "profile-close" and "profile-dns" take an 8 s CPU profile of each variant under that
 // load into bin/ab-<variant>-<load>.pprof and log its top functions. It prints medians and
 // writes no report.
 func TestBenchAB(t *testing.T) {
@@ -123,7 +123,7 @@ func TestBenchAB(t *testing.T) {
 				}
 				record(m, target, speed/1e6)
 				t.Logf("bulk %s: %.0f MB/s", target, speed/1e6)
-			case "profile-keepalive", "profile-close":
+			case "profile-keepalive", "profile-close", "profile-dns":
 				if target == Direct || target == HAProxyTCP {
 					continue
 				}
@@ -179,16 +179,23 @@ func TestBenchAB(t *testing.T) {
 // abProfile takes an 8 s CPU profile of the running uproxy variant during a
 // wrk run of the given kind and logs `go tool pprof -top`.
 func (w *world) abProfile(t *testing.T, variant, kind string) {
-	argv := []string{"wrk", "-t2", "-c32", "-d12s"}
-	if kind == "close" {
+	argv := []string{"wrk", "-t2", "-c32", "-d12s", w.urls[variant] + "/"}
+	switch kind {
+	case "close":
 		argv = append(argv, "-H", "Connection: close")
+	case "dns":
+		qfile := w.b.LogPath("dns-queries.txt")
+		if err := os.WriteFile(qfile, []byte("bench.uproxy A\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		argv = []string{"dnsperf", "-s", w.dnsServers[variant], "-p", "53", "-d", qfile, "-l", "12", "-c", "4", "-q", "64", "-t", "2"}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
 		defer cancel()
-		w.client.Run(ctx, "", append(argv, w.urls[variant]+"/")...)
+		w.client.Run(ctx, "", argv...)
 	}()
 	sleepCtx(w.ctx, 2*time.Second)
 	prof, err := w.fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=8", bed.MetricsAddr), 30*time.Second)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -138,5 +139,31 @@ func TestReportGoals(t *testing.T) {
 	}
 	if err := r.WriteSVG(&svg); err != nil || !strings.HasPrefix(svg.String(), "<svg") {
 		t.Errorf("svg (err %v)", err)
+	}
+}
+
+func TestParseABVariants(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []abVariant
+		wantErr bool
+	}{
+		{"old=/tmp/a new=bin/uproxy", []abVariant{{name: "old", binary: "/tmp/a"}, {name: "new", binary: "bin/uproxy"}}, false},
+		{"one=bin/uproxy@GOMAXPROCS=1@GOGC=200", []abVariant{{name: "one", binary: "bin/uproxy", env: []string{"GOMAXPROCS=1", "GOGC=200"}}}, false},
+		{"", nil, true},
+		{"noequals", nil, true},
+		{"=bin/uproxy", nil, true},
+		{"name=", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseABVariants(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("error %v, want error %v", err, tt.wantErr)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }
