@@ -7,7 +7,8 @@
 // an active probe).
 //
 // A packet's way through the package: listener (tcp.go, udp.go) → balancer
-// (balancer.go) → dial (dial.go) → relay (splice.go); failures feed health.go.
+// (balancer.go) → dial (dial.go) → relay (splice.go; UDP datagrams in
+// recvmmsg/sendmmsg batches, udpbatch.go); failures feed health.go.
 // An event's way: SyncPorts (proxier.go) reconciles listeners (ports.go)
 // and then hands the complete portal set to the svc.PortalSyncer;
 // UpdateEndpoints swaps a port's endpoint set atomically (balancer.go) and
@@ -17,5 +18,5 @@
 // svc.PortalSyncer), reads no API objects (watch/ converts them into svc
 // values), and proxies neither SCTP nor anything above L4.
 //
-// The package is Linux-only (SO_REUSEPORT, TCP_INFO, splice).
+// The package is Linux-only (SO_REUSEPORT, TCP_INFO, splice, recvmmsg).
 package proxy
