@@ -415,3 +415,41 @@ func TestAcceptedConnectionsInheritKeepAlive(t *testing.T) {
 		})
 	}
 }
+
+// When the endpoint's last bytes and its FIN reach the proxy together, the
+// client gets them in one segment (MSG_MORE, then CloseWrite): the client
+// socket counts the SYN-ACK and one segment, not the SYN-ACK, the data and
+// a bare FIN. Whether both have arrived when the proxy reads is a race, so
+// the test asks for it in at least one of 20 connections (before the
+// change: none).
+func TestFINRidesWithTheLastBytes(t *testing.T) {
+	p, _ := newProxier(t, Config{})
+	n := pn("greet", "")
+	mustSync(t, p, tcpPort(n, 80))
+	p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(newBackend(t, "g", "greet-close").addr())})
+	var segs []uint32
+	for range 20 {
+		c, err := net.Dial("tcp", addrOf(p, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "g:hello" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+		rc, _ := c.(*net.TCPConn).SyscallConn()
+		var info *unix.TCPInfo
+		var ierr error
+		_ = rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+		_ = c.Close()
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		segs = append(segs, info.Segs_in)
+		if info.Segs_in == 2 {
+			return
+		}
+	}
+	t.Fatalf("segments received per connection %v: the FIN never came with the data (want 2: SYN-ACK, data+FIN)", segs)
+}
