@@ -180,7 +180,7 @@ func (r *tcpRelay) copyUp() error {
 	r.mu.Lock()
 	bc := r.backend
 	r.mu.Unlock()
-	n, err := pump(bc, r.client, pr, nil, 0)
+	n, err := pump(bc, r.client, pr)
 	r.up += n
 	if err != nil {
 		return err
@@ -215,10 +215,8 @@ func (r *tcpRelay) brokenBeforeAnswer(bc *net.TCPConn) bool {
 
 func (r *tcpRelay) copyDown() error {
 	var (
-		pr     *pooledReader // reads prConn; made again when the backend is replaced
-		prOf   *net.TCPConn
-		first  *[]byte // the endpoint's first answer, for pump
-		firstN int
+		pr   *pooledReader // reads prConn; made again when the backend is replaced
+		prOf *net.TCPConn
 	)
 	readerOf := func(bc *net.TCPConn) (*pooledReader, error) {
 		if prOf != bc {
@@ -255,23 +253,22 @@ func (r *tcpRelay) copyDown() error {
 			}
 			return err
 		}
-		// The first answer: committed. pump writes it, after checking
-		// whether the endpoint's FIN came with it.
 		r.commit()
-		first, firstN = b, n
-		break
+		r.down += int64(n)
+		_, werr := r.client.Write((*b)[:n])
+		bufPool.Put(b)
+		if werr != nil {
+			return werr
+		}
 	}
 	r.mu.Lock()
 	bc := r.backend
 	r.mu.Unlock()
 	pr, err := readerOf(bc)
 	if err != nil {
-		if first != nil {
-			bufPool.Put(first)
-		}
 		return err
 	}
-	n, err := pump(r.client, bc, pr, first, firstN)
+	n, err := pump(r.client, bc, pr)
 	r.down += n
 	if err != nil {
 		return err
@@ -346,157 +343,29 @@ func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {
 	return werr == nil
 }
 
-// pump copies src to dst until EOF (nil) or an error: small flows through
-// pooled buffers inside one RawConn.Read call (pumpFD), then, once a read
-// fills a whole buffer, io.Copy (splice). first, when not nil, holds firstN
-// bytes already read from src (copyDown's first answer) and not yet
-// written; pump takes it over.
-//
-// Each read that returns data is followed at once, before the write, by a
-// second read into the rest of the buffer (the read that would otherwise
-// come after the write and return EAGAIN):
-//   - EAGAIN: src is drained. The data is written and pumpFD waits for the
-//     next readiness edge without reading again; the netpoller is
-//     edge-triggered and staying inside one RawConn.Read keeps an edge that
-//     comes after the drained read (leaving it would reset readiness).
-//   - more data: appended, so that a message split over segments leaves as
-//     one write.
-//   - EOF: the data is written with MSG_MORE, so the caller's CloseWrite
-//     puts the FIN into the same segment: one packet less per closing
-//     connection, and the peer learns of the end with the data.
-//   - an error: the data is written, then the error ends the pump.
-func pump(dst, src *net.TCPConn, pr *pooledReader, first *[]byte, firstN int) (int64, error) {
-	pr.dst, pr.total, pr.werr, pr.perr, pr.bulk = dst, 0, nil, nil, false
-	pr.b, pr.n = first, firstN
-	err := pr.rc.Read(pr.pumpFn)
-	if pr.b != nil { // the read ended (deadline, close) with bytes in hand
-		bufPool.Put(pr.b)
-		pr.b = nil
-	}
-	pr.dst = nil
-	total := pr.total
-	switch {
-	case pr.werr != nil:
-		return total, pr.werr
-	case err != nil:
-		return total, err
-	case pr.perr != nil:
-		return total, os.NewSyscallError("read", pr.perr)
-	case pr.bulk:
-		m, err := io.Copy(dst, src) // *net.TCPConn.ReadFrom: splice(2)
-		return total + m, err
-	}
-	return total, nil // EOF
-}
-
-// pumpFD is pump's RawConn.Read callback. It returns false to wait for
-// readability and true when the pump ends (EOF, an error, or a full buffer:
-// pr.bulk, the flow moves to splice). pr.b holds bytes read and not yet
-// written (pr.n of them).
-func (pr *pooledReader) pumpFD(fd uintptr) bool {
+// pump copies src to dst until EOF (nil) or an error: small reads through
+// pooled buffers, then, once a read fills a whole buffer, io.Copy (splice).
+func pump(dst, src *net.TCPConn, pr *pooledReader) (int64, error) {
+	var total int64
 	for {
-		if pr.b == nil {
-			b := bufPool.Get().(*[]byte)
-			n, err := readFD(fd, *b)
-			if err == unix.EAGAIN {
-				bufPool.Put(b)
-				return false
-			}
-			if err != nil || n == 0 {
-				bufPool.Put(b)
-				pr.perr = err
-				return true
-			}
-			pr.b, pr.n = b, n
+		b, n, err := pr.read()
+		if err == io.EOF {
+			return total, nil
 		}
-		if pr.n < bufSize {
-			m, err := readFD(fd, (*pr.b)[pr.n:])
-			switch {
-			case err == unix.EAGAIN: // drained: write, then wait for the next edge
-				if !pr.flush(false) {
-					return true
-				}
-				return false
-			case err == nil && m > 0:
-				pr.n += m
-				if pr.n < bufSize {
-					continue // more may have come meanwhile
-				}
-			case err == nil: // EOF after the data: FIN rides along with it
-				pr.flush(true)
-				return true
-			default:
-				pr.flush(false)
-				pr.perr = err
-				return true
-			}
+		if err != nil {
+			return total, err
 		}
-		// A full buffer: a bulk flow.
-		if pr.flush(false) {
-			pr.bulk = true
+		_, werr := dst.Write((*b)[:n])
+		bufPool.Put(b)
+		total += int64(n)
+		if werr != nil {
+			return total, werr
 		}
-		return true
-	}
-}
-
-// flush writes the bytes in hand to pr.dst (with MSG_MORE when more is
-// the FIN that follows) and returns the buffer to the pool; false means the
-// write failed (pr.werr).
-func (pr *pooledReader) flush(more bool) bool {
-	b := (*pr.b)[:pr.n]
-	var err error
-	if more {
-		err = sendMore(pr.dst, b)
-	} else {
-		_, err = pr.dst.Write(b)
-	}
-	bufPool.Put(pr.b)
-	pr.total += int64(pr.n)
-	pr.b, pr.n = nil, 0
-	if err != nil {
-		pr.werr = err
-		return false
-	}
-	return true
-}
-
-// readFD is read(2) retried on EINTR.
-func readFD(fd uintptr, b []byte) (int, error) {
-	for {
-		n, err := unix.Read(int(fd), b)
-		if err != unix.EINTR {
-			return n, err
+		if n == bufSize {
+			m, err := io.Copy(dst, src) // *net.TCPConn.ReadFrom: splice(2)
+			return total + m, err
 		}
 	}
-}
-
-// sendMore writes b to c with MSG_MORE: the kernel holds the last segment
-// for what follows, here the FIN of the CloseWrite that comes next.
-func sendMore(c *net.TCPConn, b []byte) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var werr error
-	if err := rc.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			n, err := unix.SendmsgN(int(fd), b, nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
-			switch err {
-			case nil:
-				b = b[n:]
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = os.NewSyscallError("sendmsg", err)
-				return true
-			}
-		}
-		return true
-	}); err != nil {
-		return err
-	}
-	return werr
 }
 
 // pooledReader reads one connection through pooled buffers. Its callback
@@ -504,24 +373,16 @@ func sendMore(c *net.TCPConn, b []byte) error {
 // RawConn.Read escapes, and one per read cost several allocations per
 // request. Only the copy goroutine that owns the direction uses it.
 type pooledReader struct {
-	rc     syscall.RawConn
-	fn     func(fd uintptr) bool // pr.readFD, bound once
-	pumpFn func(fd uintptr) bool // pr.pumpFD, bound once
-	b      *[]byte
-	n      int
-	rerr   error
-
-	// pump's state (pumpFD)
-	dst   *net.TCPConn
-	total int64
-	werr  error // writing to dst failed
-	perr  error // reading failed
-	bulk  bool
+	rc   syscall.RawConn
+	fn   func(fd uintptr) bool // pr.readFD, bound once
+	b    *[]byte
+	n    int
+	rerr error
 }
 
 func newPooledReader(rc syscall.RawConn) *pooledReader {
 	pr := &pooledReader{rc: rc}
-	pr.fn, pr.pumpFn = pr.readFD, pr.pumpFD
+	pr.fn = pr.readFD
 	return pr
 }
 
