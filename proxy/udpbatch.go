@@ -45,7 +45,7 @@ type sockName struct {
 
 func newUDPBatch(withNames bool) *udpBatch {
 	b := &udpBatch{withNames: withNames}
-	b.recvFn = b.recvFD
+	b.recvFn, b.out.fn = b.recvFD, b.out.sendFD
 	return b
 }
 
@@ -141,8 +141,8 @@ func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName) error {
 // fanOut sends the batch in hand to the sessions datagram i belongs to
 // (sess[i]; nil: dropped), one sendmmsg per session on its connected
 // socket, in order within each session. sess is cleared. failed is called
-// for a session whose socket refused a datagram (the rest of its share of
-// the batch is dropped).
+// for a session whose socket refused a datagram (after the rest of its
+// share was sent; see mmsgSender.send).
 func (b *udpBatch) fanOut(sess *[udpBatchSize]*udpSession, failed func(*udpSession, error)) {
 	for i := 0; i < b.n; i++ {
 		cur := sess[i]
@@ -168,7 +168,8 @@ func (b *udpBatch) fanOut(sess *[udpBatchSize]*udpSession, failed func(*udpSessi
 }
 
 // mmsgSender sends a slice of messages with sendmmsg through a RawConn,
-// waiting while the socket buffer is full. Its callback is bound once.
+// waiting while the socket buffer is full. Its callback fn is sendFD, bound
+// once by newUDPBatch.
 type mmsgSender struct {
 	msgs []unix.Mmsghdr
 	sent int
@@ -180,11 +181,7 @@ type mmsgSender struct {
 // contract) and the rest are still sent; the first such error is returned.
 // An error of rc itself (closed) ends it at once.
 func (m *mmsgSender) send(rc syscall.RawConn, msgs []unix.Mmsghdr) error {
-	if m.fn == nil {
-		m.fn = m.sendFD
-	}
 	m.msgs, m.sent, m.serr = msgs, 0, nil
-	defer func() { m.msgs = nil }()
 	var first error
 	for m.sent < len(m.msgs) {
 		if err := rc.Write(m.fn); err != nil {

@@ -1,11 +1,8 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,15 +80,17 @@ func TestBenchAB(t *testing.T) {
 		}
 		results[measure][target] = append(results[measure][target], v)
 	}
-	measure := func(t *testing.T, target string) {
+	// measure runs the measures against target; v is the uproxy variant
+	// serving it (nil for the baselines).
+	measure := func(t *testing.T, target string, v *abVariant) {
 		for _, m := range measures {
 			switch m {
 			case "keepalive", "close":
-				argv := []string{"wrk", "-t2", "-c32", "-d10s", "--latency"}
+				var extra []string
 				if m == "close" {
-					argv = append(argv, "-H", "Connection: close")
+					extra = closeHeader
 				}
-				r, err := ParseWrk(w.run(t, append(argv, w.urls[target]+"/")...))
+				r, err := ParseWrk(w.run(t, w.wrkArgv(target, "10s", extra...)...))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -101,33 +100,27 @@ func TestBenchAB(t *testing.T) {
 				}
 				t.Logf("%s %s: %.0f req/s p99 %v", m, target, r.ReqPerSec, r.P99)
 			case "dns":
-				server, ok := w.dnsServers[target]
-				if !ok {
+				if _, ok := w.dnsServers[target]; !ok {
 					continue
 				}
-				qfile := w.b.LogPath("dns-queries.txt")
-				if err := os.WriteFile(qfile, []byte("bench.uproxy A\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				r, err := ParseDNSPerf(w.run(t, "dnsperf", "-s", server, "-p", "53", "-d", qfile, "-l", "10", "-c", "4", "-q", "64", "-t", "2"))
+				r, err := ParseDNSPerf(w.run(t, w.dnsperfArgv(t, target, "10")...))
 				if err != nil {
 					t.Fatal(err)
 				}
 				record(m, target, r.QPS)
 				t.Logf("dns %s: %.0f qps lost %d", target, r.QPS, r.Lost)
 			case "bulk":
-				speed, _, err := ParseCurlSpeed(w.run(t, "curl", "-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}",
-					fmt.Sprintf("%s/bytes?n=%d", w.urls[target], bulkBytes)))
+				speed, _, err := ParseCurlSpeed(w.run(t, w.bulkArgv(target)...))
 				if err != nil {
 					t.Fatal(err)
 				}
 				record(m, target, speed/1e6)
 				t.Logf("bulk %s: %.0f MB/s", target, speed/1e6)
 			case "profile-keepalive", "profile-close", "profile-dns":
-				if target == Direct || target == HAProxyTCP {
+				if v == nil {
 					continue
 				}
-				w.abProfile(t, target, strings.TrimPrefix(m, "profile-"))
+				w.abProfile(t, *v, strings.TrimPrefix(m, "profile-"))
 			default:
 				t.Fatalf("unknown measure %q", m)
 			}
@@ -139,15 +132,15 @@ func TestBenchAB(t *testing.T) {
 		order = append(order, v.name)
 	}
 	for round := 1; round <= rounds; round++ {
-		t.Run(fmt.Sprintf("round%d/%s", round, Direct), func(t *testing.T) { measure(t, Direct) })
-		t.Run(fmt.Sprintf("round%d/%s", round, HAProxyTCP), func(t *testing.T) { measure(t, HAProxyTCP) })
+		t.Run(fmt.Sprintf("round%d/%s", round, Direct), func(t *testing.T) { measure(t, Direct, nil) })
+		t.Run(fmt.Sprintf("round%d/%s", round, HAProxyTCP), func(t *testing.T) { measure(t, HAProxyTCP, nil) })
 		for _, v := range variants {
 			t.Run(fmt.Sprintf("round%d/%s", round, v.name), func(t *testing.T) {
 				w.proxy = b.StartUproxy(t, bed.UproxyOptions{Binary: v.binary, Env: v.env, MinSyncPeriod: time.Second, Args: []string{"--profiling"}})
 				w.waitTargets([]string{Uproxy})
 				w.urls[v.name] = w.urls[Uproxy]
 				w.dnsServers[v.name] = w.dnsServers[Uproxy]
-				measure(t, v.name)
+				measure(t, v.name, &v)
 			})
 		}
 	}
@@ -176,41 +169,20 @@ func TestBenchAB(t *testing.T) {
 	t.Log(out.String())
 }
 
-// abProfile takes an 8 s CPU profile of the running uproxy variant during a
-// wrk run of the given kind and logs `go tool pprof -top`.
-func (w *world) abProfile(t *testing.T, variant, kind string) {
-	argv := []string{"wrk", "-t2", "-c32", "-d12s", w.urls[variant] + "/"}
+// abProfile takes an 8 s CPU profile of the running uproxy variant under
+// the given load (keepalive, close, dns) and logs `go tool pprof -top`.
+func (w *world) abProfile(t *testing.T, v abVariant, kind string) {
+	variant := v.name
+	var load []string
 	switch kind {
+	case "keepalive":
+		load = w.wrkArgv(variant, "12s")
 	case "close":
-		argv = append(argv, "-H", "Connection: close")
+		load = w.wrkArgv(variant, "12s", closeHeader...)
 	case "dns":
-		qfile := w.b.LogPath("dns-queries.txt")
-		if err := os.WriteFile(qfile, []byte("bench.uproxy A\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		argv = []string{"dnsperf", "-s", w.dnsServers[variant], "-p", "53", "-d", qfile, "-l", "12", "-c", "4", "-q", "64", "-t", "2"}
+		load = w.dnsperfArgv(t, variant, "12")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
-		defer cancel()
-		w.client.Run(ctx, "", argv...)
-	}()
-	sleepCtx(w.ctx, 2*time.Second)
-	prof, err := w.fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=8", bed.MetricsAddr), 30*time.Second)
-	<-done
-	if err != nil {
-		t.Fatalf("profile: %v", err)
-	}
-	root, _ := bed.RepoRoot()
-	path := filepath.Join(root, "bin", fmt.Sprintf("ab-%s-%s.pprof", variant, kind))
-	if err := os.WriteFile(path, prof, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("pprof: %v: %s", err, out)
-	}
-	t.Logf("%s under %s load (%s):\n%s", variant, kind, path, out)
+	file := fmt.Sprintf("ab-%s-%s.pprof", variant, kind)
+	_, top := w.profileUnder(t, load, v.binary, file, 40)
+	t.Logf("%s under %s load (bin/%s):\n%s", variant, kind, file, top)
 }

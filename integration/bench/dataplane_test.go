@@ -16,6 +16,9 @@ import (
 	"github.com/uproxy/uproxy/integration/bed"
 )
 
+// closeHeader makes wrk open a new connection per request.
+var closeHeader = []string{"-H", "Connection: close"}
+
 // Ports of the comparison proxies on the node address.
 const (
 	haproxyTCPPort  = 18080
@@ -46,7 +49,7 @@ func benchDataPlane(t *testing.T, b *bed.Bed, res *Results) {
 	// buffers the throughput runs leave behind.
 	t.Run("idle", w.benchIdle)
 	t.Run("keepalive", func(t *testing.T) { w.benchWrk(t, "keep-alive", nil, res.KeepAlive) })
-	t.Run("close", func(t *testing.T) { w.benchWrk(t, "close", []string{"-H", "Connection: close"}, res.Close) })
+	t.Run("close", func(t *testing.T) { w.benchWrk(t, "close", closeHeader, res.Close) })
 	t.Run("bulk", w.benchBulk)
 	t.Run("dns", w.benchDNS)
 	t.Run("profile", w.benchProfile)
@@ -191,10 +194,7 @@ func (w *world) command(argv ...string) {
 
 // benchWrk: 3 interleaved wrk runs per target after a warm-up.
 func (w *world) benchWrk(t *testing.T, kind string, extra []string, into map[string][]WrkResult) {
-	argv := func(target, dur string) []string {
-		a := append([]string{"wrk", "-t2", "-c32", "-d" + dur, "--latency"}, extra...)
-		return append(a, w.urls[target]+"/")
-	}
+	argv := func(target, dur string) []string { return w.wrkArgv(target, dur, extra...) }
 	for _, target := range Targets {
 		w.run(t, argv(target, "2s")...)
 	}
@@ -215,10 +215,7 @@ func (w *world) benchWrk(t *testing.T, kind string, extra []string, into map[str
 
 // benchBulk: 5 interleaved 64 MiB downloads per target.
 func (w *world) benchBulk(t *testing.T) {
-	argv := func(target string) []string {
-		return []string{"curl", "-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}",
-			fmt.Sprintf("%s/bytes?n=%d", w.urls[target], bulkBytes)}
-	}
+	argv := w.bulkArgv
 	w.command(argv("<target>")...)
 	for run := 1; run <= 5; run++ {
 		for _, target := range Targets {
@@ -237,10 +234,6 @@ func (w *world) benchBulk(t *testing.T) {
 
 // benchDNS: dnsperf against dnsmasq, directly and through the ClusterIP.
 func (w *world) benchDNS(t *testing.T) {
-	qfile := w.b.LogPath("dns-queries.txt")
-	if err := os.WriteFile(qfile, []byte("bench.uproxy A\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	for _, target := range []string{Direct, Uproxy} {
 		ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
 		for ctx.Err() == nil {
@@ -254,9 +247,7 @@ func (w *world) benchDNS(t *testing.T) {
 		}
 		cancel()
 	}
-	argv := func(target, secs string) []string {
-		return []string{"dnsperf", "-s", w.dnsServers[target], "-p", "53", "-d", qfile, "-l", secs, "-c", "4", "-q", "64", "-t", "2"}
-	}
+	argv := func(target, secs string) []string { return w.dnsperfArgv(t, target, secs) }
 	for _, target := range []string{Direct, Uproxy} {
 		w.run(t, argv(target, "2")...)
 	}
@@ -277,40 +268,65 @@ func (w *world) benchDNS(t *testing.T) {
 // benchProfile takes an 8 s CPU profile of uproxy during a keep-alive wrk
 // run and keeps `go tool pprof -top`.
 func (w *world) benchProfile(t *testing.T) {
-	done := make(chan wrkOut, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
-		defer cancel()
-		r := w.client.Run(ctx, "", "wrk", "-t2", "-c32", "-d12s", "--latency", w.urls[Uproxy]+"/")
-		done <- wrkOut{r.Out, r.OK()}
-	}()
-	sleepCtx(w.ctx, 2*time.Second)
-	prof, err := w.fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=8", bed.MetricsAddr), 30*time.Second)
-	r := <-done
-	if err != nil {
-		t.Fatalf("profile: %v", err)
-	}
-	root, _ := bed.RepoRoot()
-	path := filepath.Join(root, "bin", "bench-uproxy-keepalive.pprof")
-	if err := os.WriteFile(path, prof, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	bin, _ := bed.UproxyBinary()
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", bin, path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("pprof: %v: %s", err, out)
-	}
-	if wr, err := ParseWrk(r.out); err == nil {
+	load, top := w.profileUnder(t, w.wrkArgv(Uproxy, "12s"), bin, "bench-uproxy-keepalive.pprof", 25)
+	if wr, err := ParseWrk(load); err == nil {
 		w.res.Notes = append(w.res.Notes, fmt.Sprintf("While profiling (profiler on): uproxy keep-alive %.0f req/s, p99 %v.", wr.ReqPerSec, wr.P99))
 	}
 	w.res.Commands = append(w.res.Commands, "curl http://127.0.0.1:10249/debug/pprof/profile?seconds=8 (node namespace, during wrk -c32 keep-alive) > bin/bench-uproxy-keepalive.pprof",
 		"go tool pprof -top -nodecount=25 bin/uproxy bin/bench-uproxy-keepalive.pprof")
-	w.res.Profile = string(out)
-	t.Logf("profile:\n%s", out)
+	w.res.Profile = top
+	t.Logf("profile:\n%s", top)
 }
 
-// wrkOut is a wrk run's output and success.
-type wrkOut struct {
-	out string
-	ok  bool
+// profileUnder runs the load argv in the client namespace and, 2 s into it,
+// takes an 8 s CPU profile of the running uproxy into bin/<file>. It returns
+// the load's output and `go tool pprof -top -nodecount=<nodes> <binary>`.
+func (w *world) profileUnder(t *testing.T, load []string, binary, file string, nodes int) (string, string) {
+	done := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
+		defer cancel()
+		done <- w.client.Run(ctx, "", load...).Out
+	}()
+	sleepCtx(w.ctx, 2*time.Second)
+	prof, err := w.fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=8", bed.MetricsAddr), 30*time.Second)
+	out := <-done
+	if err != nil {
+		t.Fatalf("profile: %v", err)
+	}
+	root, _ := bed.RepoRoot()
+	path := filepath.Join(root, "bin", file)
+	if err := os.WriteFile(path, prof, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	top, err := exec.Command("go", "tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", nodes), binary, path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pprof: %v: %s", err, top)
+	}
+	return out, string(top)
+}
+
+// wrkArgv is the bench's wrk run against target: 2 threads, 32
+// connections, latency statistics; extra goes before the URL.
+func (w *world) wrkArgv(target, dur string, extra ...string) []string {
+	a := append([]string{"wrk", "-t2", "-c32", "-d" + dur, "--latency"}, extra...)
+	return append(a, w.urls[target]+"/")
+}
+
+// bulkArgv downloads bulkBytes from target with curl and prints speed and
+// size.
+func (w *world) bulkArgv(target string) []string {
+	return []string{"curl", "-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}",
+		fmt.Sprintf("%s/bytes?n=%d", w.urls[target], bulkBytes)}
+}
+
+// dnsperfArgv runs dnsperf for secs against target's DNS server: 4
+// sockets, up to 64 queries in flight, the one bench.uproxy A query.
+func (w *world) dnsperfArgv(t *testing.T, target, secs string) []string {
+	qfile := w.b.LogPath("dns-queries.txt")
+	if err := os.WriteFile(qfile, []byte("bench.uproxy A\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"dnsperf", "-s", w.dnsServers[target], "-p", "53", "-d", qfile, "-l", secs, "-c", "4", "-q", "64", "-t", "2"}
 }
