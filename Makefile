@@ -60,8 +60,11 @@ bench-ab: testbin build
 	UPROXY_BENCH=1 UPROXY_BENCH_AB="$(AB)" UPROXY_BENCH_AB_MEASURES="$(AB_MEASURES)" \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchAB$$' -v ./integration/bench/...
 
+# demo installs what the bed needs and never skips: a missing tool, root or
+# binary fails it (UPROXY_REQUIRE_ROOT=1) instead of printing SKIP and PASS.
 demo: testbin build
-	$(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/
+	./scripts/setup.sh
+	UPROXY_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/
 
 clean:
 	rm -rf bin

@@ -11,6 +11,11 @@ import (
 // TestDemo is `make demo`: the seed's proddetail service with 3 replicas, a
 // visible curl loop printing which pod answered, a scale 3 -> 1 and back,
 // then the per-pod counts and the failure count (which must be 0).
+//
+// make demo runs scripts/setup.sh first and this test with
+// UPROXY_REQUIRE_ROOT=1, so it never skips there: a missing tool, root, the
+// control plane or bin/uproxy fails it (plain go test still skips, like the
+// package's other tests).
 func TestDemo(t *testing.T) {
 	w := newWorld(t, "workshop", 5*time.Minute)
 	svc := w.deploy(bed.EchoDeployment("proddetail", 3, httpPort("http", 3000)),
