@@ -89,14 +89,16 @@ endpoints:
 `
 
 // e2eWorld is a running uproxy in front of three TCP echo backends and one
-// UDP echo backend, ready (/healthz 200).
+// UDP echo backend, ready (`uproxy probe` on its health socket says 200).
 type e2eWorld struct {
 	p                *process
-	healthz, metrics string // http://addr
+	healthz, metrics string // http://addr; healthz "" when its address was taken
+	socket           string // --health-socket
 	tcpAddr, udpAddr string // the service's portal addresses
 }
 
-func newE2EWorld(t *testing.T) *e2eWorld {
+// newE2EWorld starts the world; healthzAddr "" is 127.0.0.1:0.
+func newE2EWorld(t *testing.T, healthzAddr string) *e2eWorld {
 	t.Helper()
 	backends := []*net.TCPAddr{echoServer(t, "echo-a"), echoServer(t, "echo-b"), echoServer(t, "echo-c")}
 	udpBackend := udpEcho(t)
@@ -107,23 +109,33 @@ func newE2EWorld(t *testing.T) *e2eWorld {
 		t.Fatal(err)
 	}
 
+	socket := filepath.Join(t.TempDir(), "health.sock") // not in dir: the source watches it
+	given := healthzAddr != ""
+	if !given {
+		healthzAddr = "127.0.0.1:0"
+	}
 	p := startUproxy(t, "--manifests", dir, "--portal-mode", "direct", "--hostname-override", "e2e-node",
-		"--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0", "--shutdown-grace", "20s")
+		"--healthz-bind-address", healthzAddr, "--metrics-bind-address", "127.0.0.1:0", "--health-socket", socket,
+		"--shutdown-grace", "20s")
 	w := &e2eWorld{
-		p: p, healthz: p.addr(t, "healthz"), metrics: p.addr(t, "metrics"),
+		p: p, metrics: p.addr(t, "metrics"), socket: socket,
 		tcpAddr: fmt.Sprintf("127.0.0.77:%d", tcpPort), udpAddr: fmt.Sprintf("127.0.0.77:%d", udpPort),
 	}
+	if !given {
+		w.healthz = p.addr(t, "healthz")
+	}
 
-	// Ready: /healthz 200 once the manifests are applied.
+	// Ready: the DaemonSet's readiness probe passes once the manifests are
+	// applied.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		code, _, body := get(t, w.healthz+"/healthz")
-		if code == 200 {
-			decodeHealth(t, body, "lastUpdated", "currentTime", "nodeEligible", "healthy")
+		code, out := w.probe(t, "/healthz")
+		if code == 0 {
+			decodeHealth(t, []byte(out), "lastUpdated", "currentTime", "nodeEligible", "healthy")
 			return w
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/healthz still %d: %s", code, body)
+			t.Fatalf("uproxy probe still %d: %s", code, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -147,8 +159,18 @@ func holdConnection(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 }
 
 func TestE2EManifestsDirect(t *testing.T) {
-	w := newE2EWorld(t)
+	w := newE2EWorld(t, "")
 	p, metrics, svcAddr := w.p, w.metrics, w.tcpAddr
+
+	// The TCP healthz (node health checks) agrees with the socket.
+	code, _, body := get(t, w.healthz+"/healthz")
+	if code != 200 {
+		t.Errorf("TCP /healthz = %d: %s", code, body)
+	}
+	decodeHealth(t, body, "lastUpdated", "currentTime", "nodeEligible", "healthy")
+	if code, out := w.probe(t, "/livez"); code != 0 {
+		t.Errorf("uproxy probe --path /livez = %d: %s", code, out)
+	}
 
 	// Round robin over TCP: 30 sequential connections, 10 per backend.
 	counts := map[string]int{}
@@ -211,7 +233,7 @@ func TestE2EManifestsDirect(t *testing.T) {
 	}
 
 	// Metrics after traffic.
-	code, _, body := get(t, metrics+"/metrics")
+	code, _, body = get(t, metrics+"/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics = %d", code)
 	}
@@ -264,7 +286,7 @@ func TestE2EManifestsDirect(t *testing.T) {
 // TestE2ESecondSignal: a second SIGTERM during the drain ends uproxy at once
 // (the default signal action), without waiting for --shutdown-grace.
 func TestE2ESecondSignal(t *testing.T) {
-	w := newE2EWorld(t)
+	w := newE2EWorld(t, "")
 	holdConnection(t, w.tcpAddr) // keeps the drain waiting
 	if err := w.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -274,6 +296,14 @@ func TestE2ESecondSignal(t *testing.T) {
 	case <-w.p.exited:
 		t.Fatalf("uproxy exited during the drain with a connection open: %v", w.p.err)
 	case <-time.After(200 * time.Millisecond):
+	}
+	// During the drain the health socket still answers: not ready, alive
+	// (the exec liveness probe must not kill a draining uproxy).
+	if code, out := w.probe(t, "/healthz"); code != 1 || !strings.Contains(out, "503 Service Unavailable: shutting down") {
+		t.Errorf("readiness probe during the drain = %d %q, want 1 shutting down", code, out)
+	}
+	if code, out := w.probe(t, "/livez"); code != 0 {
+		t.Errorf("liveness probe during the drain = %d %q, want 0", code, out)
 	}
 	if err := w.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -290,11 +320,17 @@ func TestE2ESecondSignal(t *testing.T) {
 
 func TestE2ECommandLine(t *testing.T) {
 	bin := uproxyBinary(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0") // as kube-proxy holds :10256
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
 	tests := map[string]struct {
 		args     []string
 		code     int
 		stdout   string // substring
 		stderr   string // exact, "" = anything
+		logHas   string // substring of stderr
 		oneLine  bool
 		noStderr bool
 	}{
@@ -309,6 +345,12 @@ func TestE2ECommandLine(t *testing.T) {
 			args: []string{"--proxy-port-range=9-1"}, code: 2,
 			stderr: "uproxy: invalid --proxy-port-range: port range \"9-1\": last port 1 is below first port 9\n",
 		},
+		"bind hard fail": {
+			args: []string{"--manifests=/nonexistent/uproxy", "--portal-mode=direct", "--bind-address-hard-fail",
+				"--healthz-bind-address=" + held.Addr().String(), "--metrics-bind-address="},
+			code: 1, logHas: `"error":"healthz server: listen tcp ` + held.Addr().String() + `: bind: address already in use"`,
+		},
+		"probe without socket": {args: []string{"probe"}, code: 2, stderr: "uproxy probe: --socket is required\n"},
 		"missing manifests": {
 			args: []string{"--manifests=/nonexistent/uproxy", "--portal-mode=direct", "--healthz-bind-address=", "--metrics-bind-address="},
 			code: 1,
@@ -336,6 +378,9 @@ func TestE2ECommandLine(t *testing.T) {
 			}
 			if tc.stderr != "" && stderr.String() != tc.stderr {
 				t.Errorf("stderr %q, want %q", stderr.String(), tc.stderr)
+			}
+			if !strings.Contains(stderr.String(), tc.logHas) {
+				t.Errorf("stderr %q does not contain %q", stderr.String(), tc.logHas)
 			}
 		})
 	}

@@ -33,26 +33,28 @@ const (
 // kube-proxy DaemonSet can switch images and keep its arguments.
 type options struct {
 	// kube-proxy flags
-	Kubeconfig         string
-	Master             string
-	HostnameOverride   string
-	BindAddress        netip.Addr
-	ProxyPortRange     proxy.PortRange
-	UDPTimeout         time.Duration
-	SyncPeriod         time.Duration // --iptables-sync-period
-	MinSyncPeriod      time.Duration // --iptables-min-sync-period
-	ConfigSyncPeriod   time.Duration
-	NodePortAddresses  []netip.Prefix
-	NodePortPrimary    bool // --nodeport-addresses=primary: the node's own IPs
-	Cleanup            bool
-	HealthzBindAddress string // "" disables the server
-	MetricsBindAddress string // "" disables the server
-	Profiling          bool
-	Version            bool
-	Verbosity          int // -v / --v
+	Kubeconfig          string
+	Master              string
+	HostnameOverride    string
+	BindAddress         netip.Addr
+	ProxyPortRange      proxy.PortRange
+	UDPTimeout          time.Duration
+	SyncPeriod          time.Duration // --iptables-sync-period
+	MinSyncPeriod       time.Duration // --iptables-min-sync-period
+	ConfigSyncPeriod    time.Duration
+	NodePortAddresses   []netip.Prefix
+	NodePortPrimary     bool // --nodeport-addresses=primary: the node's own IPs
+	Cleanup             bool
+	HealthzBindAddress  string // "" disables the server
+	MetricsBindAddress  string // "" disables the server
+	BindAddressHardFail bool   // a failed healthz/metrics bind exits instead of being retried
+	Profiling           bool
+	Version             bool
+	Verbosity           int // -v / --v
 
 	// uproxy's own flags
 	Manifests        string
+	HealthSocket     string // unix socket path for /healthz and /livez; "" disables
 	PortalMode       string
 	IPTablesBackend  string // "", "nft" or "legacy"
 	ServiceProxyName string
@@ -88,11 +90,13 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVar(&raw.cleanup, "cleanup", false, "If true cleanup iptables rules (uproxy's and legacy userspace kube-proxy's) and exit.")
 	fs.StringVar(&raw.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "The IP address and port for the health check server (/healthz, /livez) to serve on. Set empty to disable.")
 	fs.StringVar(&raw.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "The IP address and port for the metrics server (/metrics, /debug/services, /debug/pprof with --profiling) to serve on. (Set to '0.0.0.0:10249' / '[::]:10249' to bind on all interfaces.) Set empty to disable.")
+	fs.BoolVar(&raw.bindAddressHardFail, "bind-address-hard-fail", false, "If true, a healthz or metrics server (or the health socket) that cannot bind its address stops uproxy (exit 1). By default the failure is logged, counted in uproxy_http_bind_failures_total and the bind retried every 5s while the proxy keeps running.")
 	fs.BoolVar(&raw.profiling, "profiling", false, "If true enables profiling via web interface on the metrics address under /debug/pprof/.")
 	fs.BoolVar(&raw.version, "version", false, "Print version information and quit.")
 	fs.IntVarP(&raw.verbosity, "v", "v", 0, "klog-style log verbosity: 0-2 info, 3-4 debug, 5+ trace (ignored for uproxy's own logs when --log-level is given); also the verbosity of client-go's klog messages.")
 
 	fs.StringVar(&raw.manifests, "manifests", "", "Run without a cluster: read Services and EndpointSlices from this YAML/JSON file or directory (multi-document, as kubectl accepts) and re-apply it when it changes. Excludes --kubeconfig and --master.")
+	fs.StringVar(&raw.healthSocket, "health-socket", "", "Also serve /healthz and /livez on this unix socket (e.g. /run/uproxy/health.sock in a pod-private emptyDir), for exec probes ('uproxy probe --socket PATH'): only this process answers there, unlike the node-wide healthz port. A stale socket file left by a dead process is replaced. Empty: off.")
 	fs.StringVar(&raw.portalMode, "portal-mode", portalModeIPTables, "How traffic reaches the listeners: 'iptables' (portal rules redirect service IPs to proxy ports; needs CAP_NET_ADMIN) or 'direct' (no iptables; each service port listens on its portal IP:port itself; portals whose IP is not local are reported once and skipped).")
 	fs.StringVar(&raw.iptablesBackend, "iptables-backend", "", "Which iptables to run: '' (whatever 'iptables' is in the image), 'nft' (iptables-nft*) or 'legacy' (iptables-legacy*). Must match what the node's other iptables users (kubelet, CNI) use.")
 	fs.StringVar(&raw.serviceProxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=<this> (lets uproxy run beside kube-proxy). Empty: handle Services without that label, as kube-proxy does.")
@@ -109,11 +113,11 @@ type rawFlags struct {
 	kubeconfig, master, hostnameOverride, bindAddress, proxyPortRange string
 	udpTimeout, syncPeriod, minSyncPeriod, configSyncPeriod           time.Duration
 	nodePortAddresses                                                 []string
-	cleanup, profiling, version, disableEjection                      bool
+	cleanup, profiling, version, disableEjection, bindAddressHardFail bool
 	healthzBindAddress, metricsBindAddress                            string
 	verbosity, udpMaxSessions                                         int
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
-	iptablesBackend                                                   string
+	iptablesBackend, healthSocket                                     string
 	shutdownGrace                                                     time.Duration
 }
 
@@ -122,7 +126,7 @@ func usage(w io.Writer) {
 	var raw rawFlags
 	fs := flagSet(&raw)
 	fmt.Fprintf(w, "uproxy: a node-local Kubernetes service proxy (kube-proxy's userspace mode, done right).\n\n")
-	fmt.Fprintf(w, "Usage:\n  uproxy [flags]\n\nFlags:\n%s", fs.FlagUsages())
+	fmt.Fprintf(w, "Usage:\n  uproxy [flags]\n  uproxy probe --socket PATH [--path /healthz] [--timeout 3s]   (see uproxy probe --help)\n\nFlags:\n%s", fs.FlagUsages())
 }
 
 // parseFlags parses and validates args (without the program name). It
@@ -145,25 +149,27 @@ func parseFlags(args []string) (*options, error) {
 
 func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 	o := &options{
-		Kubeconfig:       raw.kubeconfig,
-		Master:           raw.master,
-		HostnameOverride: strings.TrimSpace(raw.hostnameOverride),
-		UDPTimeout:       raw.udpTimeout,
-		SyncPeriod:       raw.syncPeriod,
-		MinSyncPeriod:    raw.minSyncPeriod,
-		ConfigSyncPeriod: raw.configSyncPeriod,
-		Cleanup:          raw.cleanup,
-		Profiling:        raw.profiling,
-		Version:          raw.version,
-		Verbosity:        raw.verbosity,
-		Manifests:        raw.manifests,
-		PortalMode:       raw.portalMode,
-		IPTablesBackend:  raw.iptablesBackend,
-		ServiceProxyName: raw.serviceProxyName,
-		LogFormat:        raw.logFormat,
-		UDPMaxSessions:   raw.udpMaxSessions,
-		ShutdownGrace:    raw.shutdownGrace,
-		DisableEjection:  raw.disableEjection,
+		Kubeconfig:          raw.kubeconfig,
+		Master:              raw.master,
+		HostnameOverride:    strings.TrimSpace(raw.hostnameOverride),
+		UDPTimeout:          raw.udpTimeout,
+		SyncPeriod:          raw.syncPeriod,
+		MinSyncPeriod:       raw.minSyncPeriod,
+		ConfigSyncPeriod:    raw.configSyncPeriod,
+		Cleanup:             raw.cleanup,
+		Profiling:           raw.profiling,
+		BindAddressHardFail: raw.bindAddressHardFail,
+		Version:             raw.version,
+		Verbosity:           raw.verbosity,
+		Manifests:           raw.manifests,
+		HealthSocket:        raw.healthSocket,
+		PortalMode:          raw.portalMode,
+		IPTablesBackend:     raw.iptablesBackend,
+		ServiceProxyName:    raw.serviceProxyName,
+		LogFormat:           raw.logFormat,
+		UDPMaxSessions:      raw.udpMaxSessions,
+		ShutdownGrace:       raw.shutdownGrace,
+		DisableEjection:     raw.disableEjection,
 	}
 	var err error
 	if o.BindAddress, err = netip.ParseAddr(raw.bindAddress); err != nil {
@@ -202,6 +208,9 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		return nil, fmt.Errorf("invalid --metrics-bind-address %q: %w", raw.metricsBindAddress, err)
 	}
 	o.MetricsBindAddress = raw.metricsBindAddress
+	if err := checkSocketPath(raw.healthSocket); err != nil {
+		return nil, fmt.Errorf("invalid --health-socket %q: %w", raw.healthSocket, err)
+	}
 	switch o.PortalMode {
 	case portalModeIPTables, portalModeDirect:
 	default:

@@ -116,6 +116,17 @@ func TestParseFlags(t *testing.T) {
 		"healthz hostname": {args: []string{"--healthz-bind-address=localhost:10256"}, wantErr: "is not an IP address"},
 		"metrics bad port": {args: []string{"--metrics-bind-address=127.0.0.1:70000"}, wantErr: "is not a port number"},
 		"metrics ipv6":     {args: []string{"--metrics-bind-address=[::1]:10249"}, check: func(o *options) bool { return o.MetricsBindAddress == "[::1]:10249" }},
+		"bind hard fail": {
+			args:  []string{"--bind-address-hard-fail"},
+			check: func(o *options) bool { return o.BindAddressHardFail },
+		},
+		"health socket": {
+			args:  []string{"--health-socket=/run/uproxy/health.sock"},
+			check: func(o *options) bool { return o.HealthSocket == "/run/uproxy/health.sock" },
+		},
+		"health socket abstract":  {args: []string{"--health-socket=@uproxy"}, wantErr: "abstract sockets are shared"},
+		"health socket too long":  {args: []string{"--health-socket=/" + strings.Repeat("x", 107)}, wantErr: "longer than 107 bytes"},
+		"health socket directory": {args: []string{"--health-socket=/run/uproxy/"}, wantErr: "is a directory"},
 		"profiling and version": {
 			args:  []string{"--profiling", "--version"},
 			check: func(o *options) bool { return o.Profiling && o.Version },
@@ -207,8 +218,8 @@ func TestParseFlagsHelp(t *testing.T) {
 	usage(&b)
 	for _, name := range []string{"--kubeconfig", "--master", "--hostname-override", "--bind-address", "--proxy-port-range",
 		"--udp-timeout", "--iptables-sync-period", "--iptables-min-sync-period", "--config-sync-period",
-		"--nodeport-addresses", "--cleanup", "--healthz-bind-address", "--metrics-bind-address", "--profiling",
-		"--version", "-v, --v", "--manifests", "--portal-mode", "--iptables-backend", "--service-proxy-name", "--log-level", "--log-format",
+		"--nodeport-addresses", "--cleanup", "--healthz-bind-address", "--metrics-bind-address", "--bind-address-hard-fail", "--profiling",
+		"--version", "-v, --v", "--manifests", "--health-socket", "--portal-mode", "--iptables-backend", "--service-proxy-name", "--log-level", "--log-format",
 		"--udp-max-sessions", "--shutdown-grace", "--disable-ejection"} {
 		if !strings.Contains(b.String(), name) {
 			t.Errorf("usage does not document %s", name)
@@ -221,6 +232,7 @@ func FuzzParseFlags(f *testing.F) {
 	f.Add("--nodeport-addresses", "10.0.0.0/8,primary")
 	f.Add("--healthz-bind-address", "[::1]:0")
 	f.Add("--udp-timeout", "-5ms")
+	f.Add("--health-socket", "/run/uproxy/health.sock")
 	f.Fuzz(func(t *testing.T, flag, value string) {
 		o, err := parseFlags([]string{flag, value})
 		if err != nil {
@@ -229,7 +241,8 @@ func FuzzParseFlags(f *testing.F) {
 			}
 			return
 		}
-		if o.UDPTimeout <= 0 || o.SyncPeriod <= 0 || o.MinSyncPeriod > o.SyncPeriod || o.UDPMaxSessions <= 0 {
+		if o.UDPTimeout <= 0 || o.SyncPeriod <= 0 || o.MinSyncPeriod > o.SyncPeriod || o.UDPMaxSessions <= 0 ||
+			len(o.HealthSocket) > maxSocketPath {
 			t.Errorf("invalid options accepted: %+v", *o)
 		}
 	})

@@ -30,10 +30,19 @@ func get(t *testing.T, url string) (int, string, []byte) {
 	return resp.StatusCode, resp.Header.Get("Content-Type"), b
 }
 
-// startTestHTTP serves h on a real 127.0.0.1 listener for the test's life.
+// startTestHTTP serves h on a real 127.0.0.1 listener for the test's life
+// and returns its URL.
 func startTestHTTP(t *testing.T, name string, h http.Handler) string {
 	t.Helper()
-	s, err := startHTTP(name, "127.0.0.1:0", h, zerolog.New(zerolog.NewTestWriter(t)))
+	cfg := serverConfig{network: "tcp", addr: "127.0.0.1:0", metrics: newServerMetrics()}
+	return "http://" + startTestServer(t, name, cfg, h).Addr()
+}
+
+// startTestServer starts a server with cfg and shuts it down at the test's
+// end.
+func startTestServer(t *testing.T, name string, cfg serverConfig, h http.Handler) *httpServer {
+	t.Helper()
+	s, err := startHTTP(name, cfg, h, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,11 +52,8 @@ func startTestHTTP(t *testing.T, name string, h http.Handler) string {
 		if err := s.Shutdown(ctx); err != nil {
 			t.Error(err)
 		}
-		if err := <-s.Done(); err != nil {
-			t.Errorf("serve: %v", err)
-		}
 	})
-	return "http://" + s.Addr()
+	return s
 }
 
 func TestHealthServer(t *testing.T) {

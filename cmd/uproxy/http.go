@@ -1,16 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"runtime"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -86,58 +82,3 @@ func metricsHandler(reg *prometheus.Registry, table serviceTable, profiling bool
 type promLogger struct{ log zerolog.Logger }
 
 func (l promLogger) Println(v ...any) { l.log.Error().Msg(fmt.Sprint(v...)) }
-
-// httpServer is one of the two HTTP servers (healthz, metrics).
-type httpServer struct {
-	name string
-	srv  *http.Server
-	ln   net.Listener
-	done chan error // Serve's result, buffered
-}
-
-// startHTTP binds addr now (so a bad or busy address fails start-up, and
-// port 0 gives the chosen port in Addr) and serves h until shutdown. The
-// socket has SO_REUSEPORT: a second uproxy (DaemonSet surge) shares it.
-func startHTTP(name, addr string, h http.Handler, log zerolog.Logger) (*httpServer, error) {
-	lc := net.ListenConfig{Control: reusePort}
-	ln, err := lc.Listen(context.Background(), "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s server: %w", name, err)
-	}
-	s := &httpServer{
-		name: name,
-		srv: &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 5 * time.Second,
-			IdleTimeout:       60 * time.Second,
-		},
-		ln:   ln,
-		done: make(chan error, 1),
-	}
-	log.Info().Str("server", name).Str("addr", ln.Addr().String()).Msg("serving HTTP")
-	go s.serve()
-	return s, nil
-}
-
-// serve runs the server until shutdown; its error goes to done.
-func (s *httpServer) serve() {
-	err := s.srv.Serve(s.ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	s.done <- err
-}
-
-// Addr is the bound address.
-func (s *httpServer) Addr() string { return s.ln.Addr().String() }
-
-// Done delivers Serve's error (nil after a clean shutdown) once.
-func (s *httpServer) Done() <-chan error { return s.done }
-
-// Shutdown stops the server, waiting for in-flight requests until ctx ends.
-func (s *httpServer) Shutdown(ctx context.Context) error {
-	if err := s.srv.Shutdown(ctx); err != nil {
-		return fmt.Errorf("%s server shutdown: %w", s.name, err)
-	}
-	return nil
-}

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -93,35 +89,5 @@ func TestNewRegistryRejectsDuplicates(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "uproxy_dup_total", Help: "test"})
 	if _, err := newRegistry(c, c); err == nil {
 		t.Fatal("registering a collector twice succeeded")
-	}
-}
-
-func TestStartHTTPBusyAddress(t *testing.T) {
-	// Held by a socket without SO_REUSEPORT (another program): start-up fails.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if _, err := startHTTP("healthz", ln.Addr().String(), nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "healthz server") {
-		t.Fatalf("bind on busy %s: err %v, want address in use naming the server", ln.Addr(), err)
-	}
-}
-
-func TestStartHTTPSurge(t *testing.T) {
-	// Held by another uproxy (SO_REUSEPORT on both): the surging one binds.
-	first := startTestHTTP(t, "healthz", http.NotFoundHandler())
-	addr := strings.TrimPrefix(first, "http://")
-	s, err := startHTTP("healthz", addr, http.NotFoundHandler(), zerolog.Nop())
-	if err != nil {
-		t.Fatalf("second uproxy binding %s: %v", addr, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-s.Done(); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/uproxy/uproxy/cmd/uproxy/version"
@@ -36,21 +37,42 @@ func nodeName(override string) (string, error) {
 
 // kubeClient builds the API client as kube-proxy does: --kubeconfig and
 // --master, or the in-cluster config when both are empty.
-func kubeClient(kubeconfig, master string) (kubernetes.Interface, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
+//
+// The in-cluster config reaches the API server through the kubernetes
+// Service's ClusterIP, which only a service proxy makes reachable: a uproxy
+// that replaces kube-proxy would wait for itself. Hence the warning, and
+// the DaemonSet's --kubeconfig (kube-proxy's kubeconfig.conf: the API
+// server's real address, the pod's service-account token).
+func kubeClient(kubeconfig, master string, log zerolog.Logger) (kubernetes.Interface, error) {
+	cfg, err := restConfig(kubeconfig, master, log)
 	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// restConfig loads the client configuration for kubeClient.
+func restConfig(kubeconfig, master string, log zerolog.Logger) (*rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
+	switch {
+	case err != nil && kubeconfig != "":
+		return nil, fmt.Errorf("kubernetes client config from --kubeconfig %s: %w", kubeconfig, err)
+	case err != nil:
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	case kubeconfig == "" && master == "":
+		log.Warn().Str("server", cfg.Host).Msg("no --kubeconfig or --master: using the in-cluster config, whose API server address is " +
+			"the kubernetes Service's ClusterIP; unless another service proxy runs on this node uproxy cannot reach it (see the README)")
 	}
 	cfg.UserAgent = "uproxy/" + version.Get()
 	// Protobuf for the built-in types, as kube-proxy; list/watch traffic is
 	// most of what uproxy sends.
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return client, nil
+	return cfg, nil
 }
 
 // startingEvent records a "Starting" event on our Node, as kube-proxy does,

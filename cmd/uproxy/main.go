@@ -1,8 +1,8 @@
 // Command uproxy is a node-local Kubernetes service proxy: kube-proxy's legacy
 // userspace mode, done right. It wires watch/ (desired state), proxy/ (the
 // data plane) and iptables/ (portal rules) together and serves /healthz and
-// /livez (--healthz-bind-address), /metrics, /debug/services and, with
-// --profiling, /debug/pprof/ (--metrics-bind-address).
+// /livez (--healthz-bind-address, --health-socket), /metrics, /debug/services
+// and, with --profiling, /debug/pprof/ (--metrics-bind-address).
 //
 // It does not program iptables itself (iptables/ does), does not decide which
 // endpoint gets a connection (proxy/ does) and does not convert API objects
@@ -10,6 +10,9 @@
 //
 // Exit codes: 0 after --help, --version, --cleanup or a SIGTERM/SIGINT
 // shutdown; 1 when start-up or a component fails; 2 for bad flags.
+//
+// `uproxy probe` (probe.go) is the DaemonSet's exec probe: it asks the
+// uproxy serving on --health-socket for /healthz or /livez.
 package main
 
 import (
@@ -34,6 +37,9 @@ func main() {
 
 // run is main without os.Exit: it returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == probeCommand {
+		return runProbe(args[1:], stdout, stderr)
+	}
 	opts, err := parseFlags(args)
 	switch {
 	case errors.Is(err, errHelp):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -28,12 +29,15 @@ const (
 // serve runs uproxy until ctx is cancelled (SIGTERM/SIGINT) or a component
 // fails, then shuts down in this order:
 //
-//  1. the healthz server stops (requests in flight get 503): node health
-//     checks now reach a surging uproxy sharing the port, or fail;
+//  1. /healthz answers 503 on every server; the healthz TCP server stops:
+//     node health checks now reach a surging uproxy sharing the port, or
+//     fail;
 //  2. the sync loop and the source stop (no listener is opened again);
 //  3. the proxier closes its listeners and drains established connections
 //     for at most --shutdown-grace, then cuts what is left;
-//  4. the metrics server stops (it stays up during the drain to watch it).
+//  4. the metrics server and the health socket stop (they stay up during
+//     the drain: to watch it, and so that the exec liveness probe still
+//     finds /livez).
 //
 // Portal rules are left in place: a restarted uproxy reads its proxy ports
 // back from them (iptables.InstalledProxyPorts) and listens on the same
@@ -55,27 +59,38 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		ConfigSyncPeriod: opts.ConfigSyncPeriod,
 	}
 
-	// HTTP first: /livez answers while start-up waits for the API server,
-	// and a busy port fails start-up before any rule or listener exists.
+	// HTTP first: /livez answers while start-up waits for the API server.
+	// A busy address is retried in the background (kube-proxy may hold
+	// :10256); with --bind-address-hard-fail it fails start-up before any
+	// rule or listener exists.
 	var late lateBound
 	health := newHealthServer(late.syncState, opts.SyncPeriod)
-	reg, err := newRegistry(health.Collectors()...)
+	srvMetrics := newServerMetrics()
+	reg, err := newRegistry(append(health.Collectors(), srvMetrics.Collectors()...)...)
 	if err != nil {
 		return err
 	}
+	httpServers := []struct {
+		name, network, addr string // addr "" = off
+		h                   http.Handler
+	}{
+		{"healthz", "tcp", opts.HealthzBindAddress, health.handler()},
+		{"metrics", "tcp", opts.MetricsBindAddress, metricsHandler(reg, &late, opts.Profiling, log)},
+		{"health-socket", "unix", opts.HealthSocket, health.handler()},
+	}
+	// Results of the source and the runner (each sends once) and, with
+	// --bind-address-hard-fail, at most one failure per HTTP server.
+	errc := make(chan error, 2+len(httpServers))
 	var servers []*httpServer
 	defer func() { // on start-up failure; after a shutdown this finds them stopped
 		shutdownHTTP(servers, log)
 	}()
-	if opts.HealthzBindAddress != "" {
-		s, err := startHTTP("healthz", opts.HealthzBindAddress, health.handler(), log)
-		if err != nil {
-			return err
+	for _, hs := range httpServers {
+		if hs.addr == "" {
+			continue
 		}
-		servers = append(servers, s)
-	}
-	if opts.MetricsBindAddress != "" {
-		s, err := startHTTP("metrics", opts.MetricsBindAddress, metricsHandler(reg, &late, opts.Profiling, log), log)
+		cfg := serverConfig{network: hs.network, addr: hs.addr, hardFail: opts.BindAddressHardFail, fatal: errc, metrics: srvMetrics}
+		s, err := startHTTP(hs.name, cfg, hs.h, log)
 		if err != nil {
 			return err
 		}
@@ -91,7 +106,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	if opts.Manifests != "" {
 		source = watch.NewFileSource(opts.Manifests, log)
 	} else {
-		client, err := kubeClient(opts.Kubeconfig, opts.Master)
+		client, err := kubeClient(opts.Kubeconfig, opts.Master, log)
 		if err != nil {
 			return err
 		}
@@ -99,7 +114,6 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		go startingEvent(runCtx, client, name, log) // bounded by its own 10s timeout
 	}
 	var wg sync.WaitGroup
-	errc := make(chan error, 2) // source and runner results; each sends once
 	wg.Add(1)
 	go runComponent(runCtx, &wg, errc, "source", func(ctx context.Context) error { return source.Run(ctx, tracker) })
 
@@ -151,7 +165,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		wg.Add(1)
 		go runComponent(runCtx, &wg, errc, "sync loop", runner.Run)
 		log.Info().Str("node", name).Msg("uproxy running")
-		stopErr = waitForStop(ctx, errc, servers)
+		stopErr = waitForStop(ctx, errc)
 	}
 
 	// Shutdown, in the order documented above.
@@ -159,7 +173,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	log.Info().AnErr("cause", stopErr).Dur("grace", opts.ShutdownGrace).Msg("shutting down: draining connections, portal rules stay")
 	health.shuttingDown.Store(true)
 	for i, srv := range servers {
-		if srv.name == "healthz" {
+		if srv.name == "healthz" { // not the health socket: only this pod answers there
 			shutdownHTTP(servers[i:i+1], log)
 		}
 	}
@@ -193,12 +207,9 @@ func runComponent(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, na
 	}
 }
 
-// waitForStop blocks until a signal (nil) or a component failure (its error).
-func waitForStop(ctx context.Context, errc <-chan error, servers []*httpServer) error {
-	done := make([]<-chan error, 2)
-	for i, s := range servers {
-		done[i] = s.Done()
-	}
+// waitForStop blocks until a signal (nil) or a component failure (its
+// error; an HTTP server's only with --bind-address-hard-fail).
+func waitForStop(ctx context.Context, errc <-chan error) error {
 	select {
 	case <-ctx.Done():
 		return nil
@@ -207,10 +218,6 @@ func waitForStop(ctx context.Context, errc <-chan error, servers []*httpServer) 
 			err = errors.New("component stopped unexpectedly")
 		}
 		return err
-	case err := <-done[0]:
-		return fmt.Errorf("%s server stopped: %w", servers[0].name, err)
-	case err := <-done[1]:
-		return fmt.Errorf("%s server stopped: %w", servers[1].name, err)
 	}
 }
 
