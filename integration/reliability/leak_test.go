@@ -23,13 +23,26 @@ const (
 	tolGoroutine = 5
 	tolFDs       = 5
 	tolRSSMiB    = 32
+	// The UDP probes' first local ports (warm-up, run): each probe binds its
+	// own port, below the client namespace's ephemeral range (32768-60999),
+	// so no two probes share one (see udpSessions).
+	udpWarmPort = 20000
+	udpRunPort  = 21000
+	// minAnswered is the share of UDP probes that must be answered for the
+	// run to exercise enough sessions; the loss itself is no leak.
+	minAnswered = 0.90
 )
 
 // TestNoLeaksAfter100kConnections relays 100,000 TCP connections (HTTP/1.0,
 // the server closes, so no TIME_WAIT piles up on the client) and 10,000 UDP
 // sessions (one per source port) through uproxy, then checks that its
 // goroutines (go_goroutines), fds (/proc/PID/fd) and RSS (VmRSS) return to
-// the warm baseline within tolGoroutine, tolFDs and tolRSSMiB.
+// the warm baseline within tolGoroutine, tolFDs and tolRSSMiB, and that no
+// connection or session stays open. uproxy's counters must agree with what
+// the client saw: at least one relayed connection per answered request, and
+// between one UDP session per answered probe and one per probe sent (a
+// datagram lost before uproxy read it makes no session, one lost after
+// does).
 func TestNoLeaksAfter100kConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long: 100,000 connections (runs without -short, as in make test)")
@@ -45,26 +58,28 @@ func TestNoLeaksAfter100kConnections(t *testing.T) {
 	if n, err := w.httpConns(httpAddr, 1000, 8); err != nil {
 		t.Fatalf("warm-up: %d ok: %v", n, err)
 	}
-	if _, err := w.udpSessions(e.udpAddr(), 500, 8); err != nil {
+	if _, _, err := w.udpSessions(e.udpAddr(), udpWarmPort, 500, 8); err != nil {
 		t.Fatalf("warm-up UDP: %v", err)
 	}
 	base := w.idleStats(e, pid)
+	conns0 := w.mustMetric("uproxy_connections_total", w.portLabel(e, "http"))
+	sessions0 := w.mustMetric("uproxy_udp_sessions_total", w.portLabel(e, "udp"))
 
 	start := time.Now()
 	okConns, cerr := w.httpConns(httpAddr, leakConns, 16)
 	tcpTook := time.Since(start)
 	afterTCP, _ := readProc(pid) // as the last connections close
 	start = time.Now()
-	okSess, uerr := w.udpSessions(e.udpAddr(), leakSessions, 8)
+	okSess, sent, uerr := w.udpSessions(e.udpAddr(), udpRunPort, leakSessions, 8)
 	udpTook := time.Since(start)
 	if cerr != nil {
 		t.Errorf("TCP: %d of %d connections answered: %v", okConns, leakConns, cerr)
 	}
 	if uerr != nil {
-		t.Errorf("UDP: %d of %d sessions answered: %v", okSess, leakSessions, uerr)
+		t.Errorf("UDP: %d probes sent, %d answered: %v", sent, okSess, uerr)
 	}
-	total := w.mustMetric("uproxy_connections_total", w.portLabel(e, "http"))
-	sessions := w.mustMetric("uproxy_udp_sessions_total", w.portLabel(e, "udp"))
+	total := w.mustMetric("uproxy_connections_total", w.portLabel(e, "http")) - conns0
+	sessions := w.mustMetric("uproxy_udp_sessions_total", w.portLabel(e, "udp")) - sessions0
 
 	// Let it settle: give the runtime up to 30s to return to baseline
 	// (GC and the scavenger return memory lazily).
@@ -77,19 +92,25 @@ func TestNoLeaksAfter100kConnections(t *testing.T) {
 		}
 		w.sleep(2 * time.Second)
 	}
-	summary("leaks", "tcp %d/%d in %v (%.0f/s), udp sessions %d/%d in %v; uproxy connections_total=%.0f udp_sessions_total=%.0f; "+
-		"baseline %s; right after the TCP run fds=%d rss=%.1fMiB; settled %s; tolerance goroutines +%d fds +%d rss +%dMiB",
-		okConns, leakConns, tcpTook.Round(time.Second), float64(okConns)/tcpTook.Seconds(), okSess, leakSessions,
+	summary("leaks", "tcp %d/%d in %v (%.0f/s), udp probes answered %d/%d sent in %v; during the run uproxy counted "+
+		"connections_total +%.0f udp_sessions_total +%.0f; baseline %s; right after the TCP run fds=%d rss=%.1fMiB; settled %s; "+
+		"tolerance goroutines +%d fds +%d rss +%dMiB",
+		okConns, leakConns, tcpTook.Round(time.Second), float64(okConns)/tcpTook.Seconds(), okSess, sent,
 		udpTook.Round(time.Millisecond), total, sessions, base, afterTCP.FDs, float64(afterTCP.RSSKiB)/1024, after,
 		tolGoroutine, tolFDs, tolRSSMiB)
-	if total < leakConns {
-		t.Errorf("uproxy relayed %.0f connections, want at least %d", total, leakConns)
+	if total < float64(okConns) {
+		t.Errorf("uproxy counted %.0f relayed connections during the run, the client got %d answers", total, okConns)
 	}
-	// UDP has no delivery guarantee: on a loaded 2-core box a few of the
-	// first datagrams are dropped by the kernel before uproxy reads them
-	// (9,993 of 10,000 seen). Require 99%; the count is in the summary.
-	if sessions < leakSessions*99/100 {
-		t.Errorf("uproxy created %.0f UDP sessions, want at least %d (99%% of %d)", sessions, leakSessions*99/100, leakSessions)
+	// Every probe has its own source port, so each answered probe is a
+	// session of its own. UDP delivers nothing for sure: the sessions
+	// created lie between the probes answered and the probes sent.
+	if sessions < float64(okSess) || sessions > float64(sent) {
+		t.Errorf("uproxy created %.0f UDP sessions during the run, want between %d (probes answered) and %d (probes sent)",
+			sessions, okSess, sent)
+	}
+	if float64(okSess) < minAnswered*leakSessions {
+		t.Errorf("only %d of %d UDP probes answered (want >= %.0f%%): too few sessions to prove much about leaks",
+			okSess, leakSessions, 100*minAnswered)
 	}
 	if !after.within(base) {
 		_, dump, _ := w.b.HTTPGet(w.ctx, "http://"+bed.MetricsAddr+"/debug/pprof/goroutine?debug=1")
@@ -209,10 +230,24 @@ func httpOnce(addr string, buf []byte) error {
 	return nil
 }
 
-// udpSessions sends one datagram from each of n fresh sockets (n sessions)
-// and waits for each echo; it returns how many came back.
-func (w *world) udpSessions(addr string, n, workers int) (int, error) {
-	var ok, next, failed atomic.Int64
+// udpSessions sends one datagram from each of n sockets, bound to the local
+// ports firstPort .. firstPort+n-1, and waits up to 2 s for each echo, workers
+// at a time; it returns how many echoes came back and how many probes went
+// out. Each probe has a port of its own because uproxy keys a session by
+// the client's ip:port: a kernel-chosen port handed out again within
+// --udp-timeout (250 ms) joins the earlier session, which made the session
+// count of a busy run fall short of the probes (9611 of 10,000) with no
+// datagram lost. A lost probe is not retried. The error reports probes that
+// could not be sent (a harness fault).
+func (w *world) udpSessions(addr string, firstPort, n, workers int) (answered, sent int, err error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	var ok, next, out atomic.Int64
+	var mu sync.Mutex // guards firstErr, errs
+	var firstErr error
+	errs := 0
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -220,21 +255,28 @@ func (w *world) udpSessions(addr string, n, workers int) (int, error) {
 			defer wg.Done()
 			_ = w.client.NS.Do(func() error {
 				buf := make([]byte, 64)
-				for next.Add(1) <= int64(n) && w.ctx.Err() == nil {
-					c, err := net.Dial("udp", addr)
+				for i := next.Add(1); i <= int64(n) && w.ctx.Err() == nil; i = next.Add(1) {
+					laddr := &net.UDPAddr{Port: firstPort + int(i) - 1}
+					c, err := net.DialUDP("udp", laddr, raddr)
+					if err == nil {
+						_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+						_, err = c.Write([]byte("session"))
+					}
 					if err != nil {
-						failed.Add(1)
+						mu.Lock()
+						errs++
+						if firstErr == nil {
+							firstErr = fmt.Errorf("probe from port %d: %w", laddr.Port, err)
+						}
+						mu.Unlock()
+						if c != nil {
+							_ = c.Close()
+						}
 						continue
 					}
-					_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-					if _, err = c.Write([]byte("session")); err == nil {
-						var k int
-						if k, err = c.Read(buf); err == nil && string(buf[:k]) == "session" {
-							ok.Add(1)
-						}
-					}
-					if err != nil {
-						failed.Add(1)
+					out.Add(1)
+					if k, err := c.Read(buf); err == nil && string(buf[:k]) == "session" {
+						ok.Add(1)
 					}
 					_ = c.Close()
 				}
@@ -243,9 +285,8 @@ func (w *world) udpSessions(addr string, n, workers int) (int, error) {
 		}()
 	}
 	wg.Wait()
-	// UDP may lose a datagram; more than 1% lost is a failure.
-	if f := failed.Load(); f*100 > int64(n) {
-		return int(ok.Load()), fmt.Errorf("%d of %d UDP sessions got no echo", f, n)
+	if errs > 0 {
+		return int(ok.Load()), int(out.Load()), fmt.Errorf("%d probes not sent, first: %w", errs, firstErr)
 	}
-	return int(ok.Load()), nil
+	return int(ok.Load()), int(out.Load()), w.ctx.Err()
 }
