@@ -7,9 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
@@ -29,31 +32,39 @@ func deployObjects(t *testing.T) []runtime.Object {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no deploy/*.yaml: %v", err)
 	}
-	dec := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
 	var objs []runtime.Object
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-		for i := 1; ; i++ {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s document %d: %v", f, i, err)
-			}
-			if len(bytes.TrimSpace(doc)) == 0 {
-				continue
-			}
-			obj, _, err := dec.Decode(doc, nil, nil)
-			if err != nil {
-				t.Fatalf("%s document %d: %v", f, i, err)
-			}
-			objs = append(objs, obj)
+		objs = append(objs, decodeYAML(t, f, data)...)
+	}
+	return objs
+}
+
+// decodeYAML decodes every document of data (named name) strictly.
+func decodeYAML(t *testing.T, name string, data []byte) []runtime.Object {
+	t.Helper()
+	dec := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+	var objs []runtime.Object
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for i := 1; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
 		}
+		if err != nil {
+			t.Fatalf("%s document %d: %v", name, i, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		obj, _, err := dec.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("%s document %d: %v", name, i, err)
+		}
+		objs = append(objs, obj)
 	}
 	return objs
 }
@@ -145,15 +156,8 @@ func TestDeployDaemonSet(t *testing.T) {
 	}
 	c := spec.Containers[0]
 
-	// The arguments are valid uproxy flags (with the env var expanded).
-	var args []string
-	for _, a := range c.Args {
-		args = append(args, strings.ReplaceAll(a, "$(NODE_NAME)", "node-1"))
-	}
-	opts, err := parseFlags(args)
-	if err != nil {
-		t.Fatalf("container args %q: %v", c.Args, err)
-	}
+	// The arguments are valid uproxy flags.
+	opts := daemonSetFlags(t, c)
 	if opts.HostnameOverride != "node-1" {
 		t.Errorf("--hostname-override not from $(NODE_NAME): %q", c.Args)
 	}
@@ -166,13 +170,88 @@ func TestDeployDaemonSet(t *testing.T) {
 		t.Errorf("terminationGracePeriodSeconds %v must exceed --shutdown-grace %s", grace, opts.ShutdownGrace)
 	}
 
+	// No ports: with hostNetwork a containerPort becomes a hostPort, and the
+	// scheduler refuses the surge pod on a node whose old pod holds it.
+	if len(c.Ports) > 0 {
+		t.Errorf("container ports %+v: with hostNetwork they become hostPorts and block the surge rollout", c.Ports)
+	}
+
+	// The API server is reached at its real address, from kubeadm's
+	// kube-proxy kubeconfig, with the pod's own token: never through the
+	// kubernetes Service, which only a service proxy makes reachable.
+	mounts := map[string]v1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.MountPath] = m
+	}
+	volumes := map[string]v1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
+	mountedVolume := func(file string) (v1.Volume, v1.VolumeMount) {
+		t.Helper()
+		m, ok := mounts[filepath.Dir(file)]
+		if !ok {
+			t.Fatalf("%s: its directory is not a volume mount (%+v)", file, c.VolumeMounts)
+		}
+		return volumes[m.Name], m
+	}
+	if opts.Kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" {
+		t.Errorf("--kubeconfig %q, want kube-proxy's /var/lib/kube-proxy/kubeconfig.conf", opts.Kubeconfig)
+	}
+	kv, km := mountedVolume(opts.Kubeconfig)
+	cm := kv.ConfigMap
+	if cm == nil || cm.Name != "kube-proxy" || (cm.Optional != nil && *cm.Optional) || !km.ReadOnly ||
+		!slices.Equal(cm.Items, []v1.KeyToPath{{Key: "kubeconfig.conf", Path: filepath.Base(opts.Kubeconfig)}}) {
+		t.Errorf("--kubeconfig volume %+v mounted %+v, want the required ConfigMap kube-proxy key kubeconfig.conf, read-only", kv, km)
+	}
+	if spec.AutomountServiceAccountToken != nil && !*spec.AutomountServiceAccountToken {
+		t.Error("automountServiceAccountToken is false: the kubeconfig's tokenFile is the pod's token")
+	}
+
+	// The probes exec `uproxy probe` on the pod-private health socket.
+	if opts.HealthSocket == "" {
+		t.Fatal("no --health-socket")
+	}
+	if sv, _ := mountedVolume(opts.HealthSocket); sv.EmptyDir == nil {
+		t.Errorf("--health-socket %s is not in an emptyDir (%+v): the socket must be private to the pod", opts.HealthSocket, sv)
+	}
 	probe := func(name string, p *v1.Probe, path string) {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.IntValue() != 10256 {
-			t.Errorf("%s probe %+v, want GET %s on 10256", name, p, path)
+		t.Helper()
+		if p == nil || p.Exec == nil || p.HTTPGet != nil || p.TCPSocket != nil || p.GRPC != nil {
+			t.Errorf("%s probe %+v, want exec only", name, p)
+			return
+		}
+		cmd := p.Exec.Command
+		if len(cmd) < 2 || cmd[0] != "/usr/local/bin/uproxy" || cmd[1] != probeCommand {
+			t.Errorf("%s probe runs %q, want /usr/local/bin/uproxy probe ...", name, cmd)
+			return
+		}
+		po, err := parseProbeFlags(cmd[2:])
+		if err != nil {
+			t.Errorf("%s probe %q: %v", name, cmd, err)
+			return
+		}
+		if po.socket != opts.HealthSocket || po.path != path {
+			t.Errorf("%s probe asks %s on %s, want %s on --health-socket %s", name, po.path, po.socket, path, opts.HealthSocket)
+		}
+		if timeout := time.Duration(p.TimeoutSeconds) * time.Second; po.timeout >= timeout {
+			t.Errorf("%s probe: uproxy probe --timeout %s is not under timeoutSeconds %s", name, po.timeout, timeout)
 		}
 	}
 	probe("readiness", c.ReadinessProbe, "/healthz")
 	probe("liveness", c.LivenessProbe, "/livez")
+	dockerfile, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(dockerfile), "COPY --from=build /out/uproxy /usr/local/bin/uproxy") {
+		t.Error("the Dockerfile does not put the binary at /usr/local/bin/uproxy, where the probes run it")
+	}
+
+	// Instead of kube-proxy (the default): kube-proxy's ports.
+	if opts.ServiceProxyName != "" || opts.HealthzBindAddress != "0.0.0.0:10256" || opts.MetricsBindAddress != "127.0.0.1:10249" {
+		t.Errorf("default args: --service-proxy-name %q, healthz %s, metrics %s; want kube-proxy's", opts.ServiceProxyName, opts.HealthzBindAddress, opts.MetricsBindAddress)
+	}
 
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {
@@ -194,5 +273,78 @@ func TestDeployDaemonSet(t *testing.T) {
 	}
 	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("root filesystem is writable")
+	}
+}
+
+// daemonSetFlags parses the container's arguments (with $(NODE_NAME) set to
+// node-1) as uproxy does.
+func daemonSetFlags(t *testing.T, c v1.Container) *options {
+	t.Helper()
+	var args []string
+	for _, a := range c.Args {
+		args = append(args, strings.ReplaceAll(a, "$(NODE_NAME)", "node-1"))
+	}
+	opts, err := parseFlags(args)
+	if err != nil {
+		t.Fatalf("container args %q: %v", c.Args, err)
+	}
+	return opts
+}
+
+// TestDeployOptionA uncomments the option-A lines of deploy/daemonset.yaml
+// as a user (or a test) would, mechanically: every "# - --" line, all of
+// them in one block right under the only "Option A" comment (the node
+// tests uncomment the lines that follow that comment). uproxy then runs
+// beside kube-proxy: labelled Services only, and ports that collide with
+// neither kube-proxy nor the other node components.
+func TestDeployOptionA(t *testing.T) {
+	const file = "../../deploy/daemonset.yaml"
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commented := regexp.MustCompile(`^(\s*)# (- --\S+)$`)
+	lines := strings.Split(string(data), "\n")
+	marker, first, last := -1, -1, -1
+	for i, line := range lines {
+		if strings.Contains(line, "# Option A (beside kube-proxy): uncomment these") {
+			marker = i
+		}
+		if strings.HasPrefix(strings.TrimSpace(line), "# - --") {
+			if !commented.MatchString(line) {
+				t.Errorf("line %d %q: want \"# - --flag=value\" and nothing after it", i+1, line)
+			}
+			if first < 0 {
+				first = i
+			}
+			if last >= 0 && i != last+1 {
+				t.Errorf("line %d: option-A lines are not one block (previous at line %d)", i+1, last+1)
+			}
+			last = i
+			lines[i] = commented.ReplaceAllString(line, "$1$2")
+		}
+	}
+	if marker < 0 || first != marker+1 || strings.Count(string(data), "Option A") != 1 {
+		t.Fatalf("want one \"# Option A (beside kube-proxy): uncomment these\" comment right above the commented args (marker line %d, first arg line %d)", marker+1, first+1)
+	}
+	c := one[*appsv1.DaemonSet](t, decodeYAML(t, file+" (option A)", []byte(strings.Join(lines, "\n")))).Spec.Template.Spec.Containers[0]
+	opts := daemonSetFlags(t, c)
+	if opts.ServiceProxyName != "uproxy" {
+		t.Errorf("option A: --service-proxy-name %q, want uproxy (the README labels Services with it)", opts.ServiceProxyName)
+	}
+	taken := map[int]string{10248: "kubelet healthz", 10250: "kubelet", 10255: "kubelet read-only", 10257: "kube-controller-manager",
+		10259: "kube-scheduler", 10249: "kube-proxy metrics", 10256: "kube-proxy healthz"}
+	for flag, addr := range map[string]string{"--healthz-bind-address": opts.HealthzBindAddress, "--metrics-bind-address": opts.MetricsBindAddress} {
+		_, port, _ := strings.Cut(addr, ":")
+		n, err := strconv.Atoi(port)
+		if addr == "" || err != nil || n == 0 {
+			t.Errorf("option A: %s %q, want a fixed port", flag, addr)
+		}
+		if who, ok := taken[n]; ok {
+			t.Errorf("option A: %s %s collides with %s", flag, addr, who)
+		}
+	}
+	if opts.HealthzBindAddress == opts.MetricsBindAddress {
+		t.Errorf("option A: healthz and metrics both on %s", opts.HealthzBindAddress)
 	}
 }
