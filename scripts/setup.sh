@@ -3,7 +3,8 @@
 set -euo pipefail
 need=()
 for pair in iptables:iptables ip6tables:iptables conntrack:conntrack curl:curl wrk:wrk dig:dnsutils \
-            ip:iproute2 haproxy:haproxy dnsmasq:dnsmasq-base prlimit:util-linux nc:netcat-openbsd debootstrap:debootstrap; do
+            ip:iproute2 haproxy:haproxy dnsmasq:dnsmasq-base prlimit:util-linux nc:netcat-openbsd debootstrap:debootstrap \
+            runc:runc; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -47,6 +47,10 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// KeepDir keeps the bed directory (logs) after Close.
 	KeepDir bool
+	// Kubelet makes the node real: kube-scheduler, containerd, CNI and a
+	// kubelet run pods as containers (see node_runtime.go) instead of the
+	// node agent playing kubelet with namespaces.
+	Kubelet bool
 }
 
 // Bed is a running control plane plus node. Its methods are safe for use by
@@ -66,10 +70,12 @@ type Bed struct {
 	// Agent is the node agent.
 	Agent *Agent
 
-	etcdDir              string
-	etcd, apiserver, kcm *Proc
-	cancel               context.CancelFunc
-	clientIPs            *ipPool
+	etcdDir                         string
+	etcd, apiserver, kcm, scheduler *Proc
+	// runtime is the kubelet node's containerd and kubelet (Kubelet mode).
+	runtime   *nodeRuntime
+	cancel    context.CancelFunc
+	clientIPs *ipPool
 }
 
 // New starts a bed. Call Close when done (also on failure paths).
@@ -114,11 +120,16 @@ func New(ctx context.Context, opts Options) (_ *Bed, err error) {
 	if err := b.startControlPlane(ctx); err != nil {
 		return nil, err
 	}
-	actx, cancel := context.WithCancel(context.Background())
-	b.cancel = cancel
-	b.Agent, err = startAgent(actx, b)
-	if err != nil {
-		return nil, err
+	if opts.Kubelet {
+		if b.runtime, err = startNodeRuntime(ctx, b); err != nil {
+			return nil, err
+		}
+	} else {
+		actx, cancel := context.WithCancel(context.Background())
+		b.cancel = cancel
+		if b.Agent, err = startAgent(actx, b); err != nil {
+			return nil, err
+		}
 	}
 	opts.Logf("bed: control plane and node up in %v (dir %s, node netns %s)", time.Since(start).Round(time.Millisecond), dir, b.Node.Name)
 	return b, nil
@@ -167,7 +178,12 @@ func (b *Bed) Close() error {
 	if b.cancel != nil {
 		b.cancel()
 	}
-	for _, p := range []*Proc{b.kcm, b.apiserver, b.etcd} {
+	if b.runtime != nil {
+		if err := b.runtime.stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range []*Proc{b.scheduler, b.kcm, b.apiserver, b.etcd} {
 		if p != nil {
 			p.Stop(10 * time.Second)
 		}
@@ -189,7 +205,11 @@ func (b *Bed) Close() error {
 // Logs returns the last lines of the control-plane logs (for failures).
 func (b *Bed) Logs(n int) string {
 	var sb strings.Builder
-	for _, p := range []*Proc{b.etcd, b.apiserver, b.kcm} {
+	procs := []*Proc{b.etcd, b.apiserver, b.kcm, b.scheduler}
+	if b.runtime != nil {
+		procs = append(procs, b.runtime.containerd, b.runtime.kubelet)
+	}
+	for _, p := range procs {
 		if p != nil {
 			fmt.Fprintf(&sb, "--- %s (%s)\n%s\n", p.Name, p.LogPath, p.Tail(n))
 		}

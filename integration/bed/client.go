@@ -85,6 +85,11 @@ func (r Result) String() string {
 
 // Run runs argv in the client namespace with stdin.
 func (c *Client) Run(ctx context.Context, stdin string, argv ...string) Result {
+	return runResult(ctx, c.NS.Start, stdin, argv...)
+}
+
+// runResult runs argv, started by start, with stdin and collects a Result.
+func runResult(ctx context.Context, start func(*exec.Cmd) error, stdin string, argv ...string) Result {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -92,7 +97,7 @@ func (c *Client) Run(ctx context.Context, stdin string, argv ...string) Result {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
 	r := Result{Code: -1, Start: time.Now()}
-	if err := c.NS.Start(cmd); err != nil {
+	if err := start(cmd); err != nil {
 		r.Err = err.Error()
 		return r
 	}

@@ -59,14 +59,39 @@ func (b *Bed) startControlPlane(ctx context.Context) error {
 	if err := b.WaitAPIReady(ctx); err != nil {
 		return err
 	}
-	b.kcm, err = StartProc(b.Node, "kube-controller-manager", b.path("kube-controller-manager.log"), nil,
-		filepath.Join(bin, "kube-controller-manager"), "--kubeconfig", b.AdminKubeconfig,
+	kcmArgs := []string{filepath.Join(bin, "kube-controller-manager"), "--kubeconfig", b.AdminKubeconfig,
 		"--controllers", "endpointslice,deployment,replicaset,serviceaccount",
 		"--leader-elect=false", "--use-service-account-credentials=false", "--secure-port", "0",
 		"--concurrent-deployment-syncs", "5", "--concurrent-replicaset-syncs", "5",
-		"--concurrent-service-endpoint-syncs", "5")
+		"--concurrent-service-endpoint-syncs", "5"}
+	if b.opts.Kubelet {
+		// Real pods need what a cluster's controller manager gives them:
+		// DaemonSets, the kube-root-ca.crt ConfigMap their service-account
+		// volume mounts, namespace deletion and garbage collection.
+		kcmArgs[4] = "endpointslice,deployment,replicaset,daemonset,serviceaccount," +
+			"root-ca-cert-publisher,garbagecollector,namespace,nodelifecycle"
+		kcmArgs = append(kcmArgs, "--root-ca-file", b.path("certs/apiserver.crt"),
+			"--concurrent-daemonset-syncs", "2")
+	}
+	b.kcm, err = StartProc(b.Node, "kube-controller-manager", b.path("kube-controller-manager.log"), nil, kcmArgs...)
 	if err != nil {
 		return err
+	}
+	if b.opts.Kubelet {
+		b.scheduler, err = StartProc(b.Node, "kube-scheduler", b.path("kube-scheduler.log"), nil,
+			filepath.Join(bin, "kube-scheduler"), "--kubeconfig", b.AdminKubeconfig,
+			"--leader-elect=false", "--secure-port", "0")
+		if err != nil {
+			return err
+		}
+	}
+	cs, err := kubernetes.NewForConfig(b.restConfig())
+	if err != nil {
+		return err
+	}
+	b.Client = cs
+	if b.opts.Kubelet {
+		return nil // the kubelet registers the node
 	}
 	return b.createNode(ctx)
 }
@@ -85,7 +110,10 @@ func (b *Bed) StartAPIServer() error {
 		"--authorization-mode", "Node,RBAC", "--service-cluster-ip-range", serviceCIDR,
 		"--service-account-key-file", b.path("sa.pub"), "--service-account-signing-key-file", b.path("sa.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--enable-priority-and-fairness=false", "--profiling=false", "--endpoint-reconciler-type", "lease")
+		"--enable-priority-and-fairness=false", "--profiling=false", "--endpoint-reconciler-type", "lease",
+		// kubectl logs/exec reach the kubelet by its node IP (no DNS in the
+		// node namespace).
+		"--kubelet-preferred-address-types", "InternalIP")
 	if err != nil {
 		return err
 	}
@@ -205,11 +233,7 @@ func (b *Bed) restConfig() *rest.Config {
 
 // createNode registers the node the agent plays the kubelet for.
 func (b *Bed) createNode(ctx context.Context) error {
-	cs, err := kubernetes.NewForConfig(b.restConfig())
-	if err != nil {
-		return err
-	}
-	b.Client = cs
+	cs := b.Client
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{
 			"kubernetes.io/hostname": NodeName, "kubernetes.io/os": "linux",

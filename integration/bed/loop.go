@@ -45,8 +45,19 @@ type Loop struct {
 	issued  int
 }
 
+// Curler runs the real curl once (a new connection) from somewhere: a
+// client namespace (Client) or a pod of the kubelet node (PodClient).
+type Curler interface {
+	Curl(ctx context.Context, url string, maxTime time.Duration) Result
+}
+
 // StartLoop starts opts.Workers curl loops in the client namespace.
 func (c *Client) StartLoop(ctx context.Context, opts LoopOptions) *Loop {
+	return StartLoop(ctx, c, opts)
+}
+
+// StartLoop starts opts.Workers curl loops run by c.
+func StartLoop(ctx context.Context, c Curler, opts LoopOptions) *Loop {
 	if opts.Workers <= 0 {
 		opts.Workers = 4
 	}
@@ -71,7 +82,7 @@ func (c *Client) StartLoop(ctx context.Context, opts LoopOptions) *Loop {
 }
 
 // curlLoopWorker body: request until the context ends or the budget is used.
-func (l *Loop) worker(ctx context.Context, c *Client, opts LoopOptions) {
+func (l *Loop) worker(ctx context.Context, c Curler, opts LoopOptions) {
 	for ctx.Err() == nil {
 		l.mu.Lock()
 		if opts.Requests > 0 && l.issued >= opts.Requests {

@@ -50,12 +50,73 @@ func Require(t testing.TB) {
 	}
 }
 
-// shared is the bed of this test binary, started by the first test that
+// nodeTools and nodeBinaries are what the kubelet node needs on top.
+var (
+	nodeTools    = []string{"runc", "unshare", "nsenter", "debootstrap", "gcc", "mount"}
+	nodeBinaries = []string{"kube-scheduler", "kubelet", "kube-proxy", "kubectl", "containerd",
+		"containerd-shim-runc-v2", "ctr", "bridge", "host-local", "loopback", "portmap", "coredns"}
+)
+
+// RequireNode checks what Require checks plus the kubelet node's tools and
+// binaries (`make testbin` builds them).
+func RequireNode(t testing.TB) {
+	t.Helper()
+	Require(t)
+	for _, tool := range nodeTools {
+		if _, err := exec.LookPath(tool); err != nil {
+			skipOrFatal(t, "kubelet node needs %s on PATH (scripts/setup.sh installs it)", tool)
+		}
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range nodeBinaries {
+		if _, err := os.Stat(filepath.Join(root, "integration", "testbin", "bin", c)); err != nil {
+			skipOrFatal(t, "kubelet node binary %s missing: run `make testbin`", c)
+		}
+	}
+}
+
+// sharedBed is a bed of this test binary, started by the first test that
 // asks for it and closed by Main.
-var shared struct {
+type sharedBed struct {
 	once sync.Once
 	bed  *Bed
 	err  error
+}
+
+// shared is the namespace bed, sharedNode the kubelet node bed.
+var shared, sharedNode sharedBed
+
+// start starts the bed once with opts.
+func (s *sharedBed) start(t testing.TB, opts Options, timeout time.Duration) *Bed {
+	t.Helper()
+	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		start := time.Now()
+		opts.Logf = func(f string, a ...any) {
+			fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
+		}
+		s.bed, s.err = New(ctx, opts)
+		if s.err == nil {
+			fmt.Printf("BED: up in %v\n", time.Since(start).Round(time.Millisecond))
+		}
+	})
+	if s.err != nil {
+		t.Fatalf("bed: %v", s.err)
+	}
+	return s.bed
+}
+
+// SharedNode returns the test binary's kubelet node bed (Options.Kubelet),
+// starting it on first use; Main tears it down. Tests using it run one at a
+// time, each in its own Kubernetes namespace.
+func SharedNode(t testing.TB) *Bed {
+	t.Helper()
+	RequireNode(t)
+	return sharedNode.start(t, Options{Kubelet: true}, 10*time.Minute)
 }
 
 // Shared returns the test binary's shared bed, starting it on first use.
@@ -64,33 +125,22 @@ var shared struct {
 func Shared(t testing.TB) *Bed {
 	t.Helper()
 	Require(t)
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		start := time.Now()
-		shared.bed, shared.err = New(ctx, Options{Logf: func(f string, a ...any) {
-			fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
-		}})
-		if shared.err == nil {
-			fmt.Printf("BED: up in %v\n", time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if shared.err != nil {
-		t.Fatalf("bed: %v", shared.err)
-	}
-	return shared.bed
+	return shared.start(t, Options{}, 3*time.Minute)
 }
 
 // Main runs the tests and tears the shared bed down afterwards; call it from
 // TestMain: func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }.
 func Main(m *testing.M) int {
 	code := m.Run()
-	if shared.bed != nil {
-		if code != 0 {
-			shared.bed.opts.KeepDir = true
-			fmt.Fprintf(os.Stderr, "bed: logs kept in %s\n", shared.bed.Dir)
+	for _, b := range []*Bed{shared.bed, sharedNode.bed} {
+		if b == nil {
+			continue
 		}
-		if err := shared.bed.Close(); err != nil {
+		if code != 0 {
+			b.opts.KeepDir = true
+			fmt.Fprintf(os.Stderr, "bed: logs kept in %s\n", b.Dir)
+		}
+		if err := b.Close(); err != nil {
 			fmt.Fprintf(os.Stderr, "bed: close: %v\n", err)
 			if code == 0 {
 				code = 1
