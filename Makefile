@@ -14,7 +14,7 @@ PKGS_UNIT  = $(shell $(GO) list ./... | grep -v /integration)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    = -s -w -X github.com/uproxy/uproxy/cmd/uproxy/version.Version=$(VERSION)
 
-.PHONY: all build test test-unit test-integration testbin lint bench bench-ab demo fuzz vulncheck clean
+.PHONY: all build test test-unit test-integration testbin lint bench bench-ab demo demo-fast fuzz vulncheck clean
 
 all: build
 
@@ -62,7 +62,14 @@ bench-ab: testbin build
 
 # demo installs what the bed needs and never skips: a missing tool, root or
 # binary fails it (UPROXY_REQUIRE_ROOT=1) instead of printing SKIP and PASS.
+# It runs the seed on the kubelet node (integration/node): uproxy deployed
+# with `kubectl apply -f deploy/` as the README says; `make demo-fast` runs it
+# on the namespace bed.
 demo: testbin build
+	./scripts/setup.sh
+	UPROXY_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 30m -run '^TestDemo$$' -v ./integration/node/
+
+demo-fast: testbin build
 	./scripts/setup.sh
 	UPROXY_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m -run '^TestDemo$$' -v ./integration/
 

@@ -163,6 +163,17 @@ func (b *Bed) setupNode() error {
 	if err != nil {
 		return err
 	}
+	if b.opts.Kubelet {
+		// As on minikube and kubeadm nodes (a kubeadm preflight check):
+		// kube-proxy's iptables mode needs bridged pod-to-pod replies to
+		// pass through iptables to be un-NATed.
+		_, err = n.Output(context.Background(), "sysctl", "-q", "-w",
+			"net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")
+		if err != nil {
+			return fmt.Errorf("the kubelet node needs br_netfilter (modprobe br_netfilter): %w", err)
+		}
+		return nil
+	}
 	_, err = n.Output(context.Background(), "sysctl", "-q", "-e", "-w",
 		"net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0")
 	return err

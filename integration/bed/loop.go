@@ -32,7 +32,7 @@ type Sample struct {
 	Dur    time.Duration
 	Pod    string // who answered (parsed from the body); "" on failure
 	OK     bool
-	Detail string // curl's exit code and stderr, or the unexpected body
+	Detail string // curl's exit code and stderr, or the unexpected body; stderr when OK
 }
 
 // Loop is a running curl loop.
@@ -97,6 +97,7 @@ func (l *Loop) worker(ctx context.Context, c Curler, opts LoopOptions) {
 		s := Sample{Start: r.Start, Dur: r.Dur}
 		if pod, ok := ParseHello(r.Out); ok && r.OK() {
 			s.OK, s.Pod = true, pod
+			s.Detail = strings.TrimSpace(r.Err) // a client may report timings there
 		} else {
 			s.Detail = fmt.Sprintf("exit=%d %s%s", r.Code, strings.TrimSpace(r.Err), strings.TrimSpace(r.Out))
 		}

@@ -129,9 +129,11 @@ func (c *PodClient) Run(ctx context.Context, stdin string, argv ...string) Resul
 	return runResult(ctx, (*exec.Cmd).Start, stdin, full...)
 }
 
-// Curl fetches url with the pod's curl, one new connection.
+// Curl fetches url with the pod's curl, one new connection. Its phases
+// (name lookup, connect, first byte) are written to the Result's Err.
 func (c *PodClient) Curl(ctx context.Context, url string, maxTime time.Duration) Result {
-	return c.Run(ctx, "", "curl", "-sS", "--max-time", fmt.Sprintf("%.3f", maxTime.Seconds()), url)
+	return c.Run(ctx, "", "curl", "-sS", "--max-time", fmt.Sprintf("%.3f", maxTime.Seconds()),
+		"-w", "%{stderr}dns=%{time_namelookup} connect=%{time_connect} first-byte=%{time_starttransfer}", url)
 }
 
 // WaitHello curls url from the pod until a pod answers or ctx ends.

@@ -12,7 +12,9 @@
 // Every flag takes a comma-separated list of listen addresses. When all
 // listeners are bound it prints "READY" on stdout (the node agent's readiness
 // signal). SIGTERM stops accepting, lets in-flight requests and connections
-// finish for at most --drain-timeout, then exits 0. SIGUSR1 toggles reset mode:
+// finish for at most --drain-timeout, then exits 0 (with --unready-503=D it first
+// keeps accepting for D and answers every HTTP request 503, as web frameworks do
+// while they shut down). SIGUSR1 toggles reset mode:
 // new TCP connections are accepted and closed at once with RST (a fault the bed
 // injects: "accepts and resets while staying ready").
 //
@@ -53,6 +55,7 @@ func run() error {
 		udpAddrs   = pflag.StringSlice("udp-echo", nil, "UDP echo listen addresses (e.g. :53)")
 		drain      = pflag.Duration("drain-timeout", 10*time.Second, "how long SIGTERM waits for in-flight work")
 		lingerDone = pflag.Duration("close-linger", 0, "after draining, wait this long before exiting")
+		unready503 = pflag.Duration("unready-503", 0, "on SIGTERM, keep accepting this long answering HTTP 503, then drain")
 	)
 	pflag.Parse()
 	id := identity{name: os.Getenv("POD_NAME"), ip: os.Getenv("POD_IP")}
@@ -104,6 +107,11 @@ func run() error {
 				on := reset.toggle()
 				fmt.Fprintf(os.Stderr, "reset mode %v\n", on)
 				continue
+			}
+			if *unready503 > 0 {
+				fmt.Fprintf(os.Stderr, "%v: answering 503 for %v\n", sig, *unready503)
+				unready.Store(true)
+				time.Sleep(*unready503)
 			}
 			fmt.Fprintf(os.Stderr, "%v: draining (at most %v)\n", sig, *drain)
 			ctx, cancel := context.WithTimeout(context.Background(), *drain)

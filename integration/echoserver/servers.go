@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,21 @@ import (
 type httpServer struct {
 	ln  net.Listener
 	srv *http.Server
+}
+
+// unready is set while a SIGTERMed server keeps accepting but answers every
+// HTTP request 503 (--unready-503), as web frameworks do while they shut down.
+var unready atomic.Bool
+
+// unreadyHandler answers 503 while unready is set, else passes to next.
+func unreadyHandler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if unready.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func newHTTPServer(addr string, id identity, reset *resetSwitch) (*httpServer, error) {
@@ -52,7 +68,7 @@ func newHTTPServer(addr string, id identity, reset *resetSwitch) (*httpServer, e
 		time.Sleep(d)
 		_, _ = io.WriteString(w, hello)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: unreadyHandler(mux), ReadHeaderTimeout: 10 * time.Second}
 	return &httpServer{ln: resetListener{Listener: ln, reset: reset}, srv: srv}, nil
 }
 

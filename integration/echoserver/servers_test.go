@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
@@ -123,5 +125,26 @@ func TestTCPEchoAndDrain(t *testing.T) {
 	<-done
 	if err := <-served; err != nil {
 		t.Fatalf("serve: %v", err)
+	}
+}
+
+func TestUnreadyHandler(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello") })
+	for name, tc := range map[string]struct {
+		unready bool
+		want    int
+	}{
+		"serving":       {false, http.StatusOK},
+		"shutting down": {true, http.StatusServiceUnavailable},
+	} {
+		t.Run(name, func(t *testing.T) {
+			unready.Store(tc.unready)
+			defer unready.Store(false)
+			rec := httptest.NewRecorder()
+			unreadyHandler(ok).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/catalogdetail", nil))
+			if rec.Code != tc.want {
+				t.Errorf("status %d, want %d", rec.Code, tc.want)
+			}
+		})
 	}
 }

@@ -63,8 +63,14 @@ func (w *world) apply(manifest string) {
 // seedApp is the seed's proddetail: the echoserver answering "Hello! I am
 // Pod: <name> <ip>" on port 3000 (any path, /catalogdetail included), a
 // readiness probe, and the termination kubelet does (SIGTERM, grace, SIGKILL).
-func seedApp(ns, name, image string, replicas int) string {
-	return strings.NewReplacer("NS", ns, "NAME", name, "IMAGE", image, "REPLICAS", fmt.Sprint(replicas)).Replace(`
+// extraArgs are added to the echoserver's.
+func seedApp(ns, name, image string, replicas int, extraArgs ...string) string {
+	args := []string{`"--http=:3000"`, `"--drain-timeout=20s"`}
+	for _, a := range extraArgs {
+		args = append(args, fmt.Sprintf("%q", a))
+	}
+	return strings.NewReplacer("NS", ns, "NAME", name, "IMAGE", image, "REPLICAS", fmt.Sprint(replicas),
+		"ARGS", strings.Join(args, ", ")).Replace(`
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -87,7 +93,7 @@ spec:
       - name: NAME
         image: IMAGE
         imagePullPolicy: IfNotPresent
-        args: ["--http=:3000", "--drain-timeout=20s"]
+        args: [ARGS]
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -176,6 +182,17 @@ func (w *world) sleep(d time.Duration) {
 		w.t.Fatalf("deadline while waiting %v", d)
 	case <-time.After(d):
 	}
+}
+
+// slowDetail lists the samples slower than bed.SlowThreshold.
+func slowDetail(s bed.Summary) string {
+	var sb strings.Builder
+	for _, x := range s.Samples {
+		if x.Dur > bed.SlowThreshold {
+			fmt.Fprintf(&sb, "  %s %v ok=%v %s\n", x.Start.Format("15:04:05.000"), x.Dur.Round(time.Millisecond), x.OK, x.Detail)
+		}
+	}
+	return sb.String()
 }
 
 // summary prints the line a scenario asserts on.
