@@ -12,7 +12,7 @@ import (
 // visible curl loop printing which pod answered, a scale 3 -> 1 and back,
 // then the per-pod counts and the failure count (which must be 0).
 //
-// make demo runs scripts/setup.sh first and this test with
+// The Makefile's demo targets run scripts/setup.sh first and the test with
 // UPROXY_REQUIRE_ROOT=1, so it never skips there: a missing tool, root, the
 // control plane or bin/uproxy fails it (plain go test still skips, like the
 // package's other tests).
