@@ -121,7 +121,7 @@ func New(ctx context.Context, opts Options) (_ *Bed, err error) {
 		return nil, err
 	}
 	if opts.Kubelet {
-		if b.runtime, err = startNodeRuntime(ctx, b); err != nil {
+		if err = startNodeRuntime(ctx, b); err != nil {
 			return nil, err
 		}
 	} else {

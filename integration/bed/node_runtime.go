@@ -47,16 +47,18 @@ type nodeRuntime struct {
 	containerd, kubelet *Proc
 }
 
-// startNodeRuntime starts containerd and kubelet and waits until the Node is
-// Ready. On error the caller's Close stops what was started.
-func startNodeRuntime(ctx context.Context, b *Bed) (*nodeRuntime, error) {
-	r := &nodeRuntime{b: b, dir: b.path("node"), cgroupRoot: fmt.Sprintf("/uproxy-bed-%d", os.Getpid())}
+// startNodeRuntime starts containerd and kubelet, sets b.runtime and waits
+// until the Node is Ready. On error the caller's Close stops what was
+// started.
+func startNodeRuntime(ctx context.Context, b *Bed) error {
+	sweepStaleCgroups()
+	r := &nodeRuntime{b: b, dir: b.path("node"), cgroupRoot: fmt.Sprintf("/%s%d", cgroupPrefix, os.Getpid())}
 	r.Address = filepath.Join(r.dir, "containerd.sock")
 	b.runtime = r // Close stops what this starts, also on error
 	for _, d := range []string{"containerd/root", "containerd/state", "containerd/tmp", "cni/net.d", "cni/ipam",
 		"kubelet/root", "kubelet/certs", "kubelet/volume-plugins", "podlogs", "varlog", "sysctl"} {
 		if err := os.MkdirAll(filepath.Join(r.dir, d), 0o755); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// A bridge with a fixed MAC (see setupNode) and the pods' gateway
@@ -66,27 +68,27 @@ func startNodeRuntime(ctx context.Context, b *Bed) (*nodeRuntime, error) {
 		"addr add "+PodGateway+"/24 dev "+CNIBridge,
 		"link set "+CNIBridge+" up",
 	); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.makeCgroups(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.writeConfigs(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.startContainerd(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := b.importBaseImages(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := r.startKubelet(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := b.installAddons(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	return r, nil
+	return nil
 }
 
 func (r *nodeRuntime) path(elem ...string) string {
@@ -106,10 +108,16 @@ var kernelTunables = map[string]string{
 	"kernel/keys/root_maxbytes": "25000000",
 }
 
-// mountScript prepares the private mount namespace and execs containerd.
+// mountScript moves itself into the node's cgroups (so containerd, its shims
+// and every container are found there by stop, or by the next run's sweep if
+// this one is killed), prepares the private mount namespace and execs
+// containerd.
 func (r *nodeRuntime) mountScript() (string, error) {
 	var sb strings.Builder
 	sb.WriteString("set -e\n")
+	for _, d := range r.cgroupDirs {
+		fmt.Fprintf(&sb, "echo $$ > %s/runtime/cgroup.procs\n", d)
+	}
 	// Paths kubelet and CNI hard-code, private to the node.
 	sb.WriteString("mount -t tmpfs -o mode=755 uproxy-node-varlib /var/lib\n")
 	sb.WriteString("mount -t tmpfs -o mode=755 uproxy-node-run /run\n")
@@ -234,15 +242,42 @@ func (r *nodeRuntime) makeCgroups() error {
 			return fmt.Errorf("cgroup root: %w", err)
 		}
 		r.cgroupDirs = append(r.cgroupDirs, d)
+		if err := os.Mkdir(filepath.Join(d, "runtime"), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("cgroup: %w", err)
+		}
 		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
 			if v, err := os.ReadFile(filepath.Join(m, f)); err == nil {
-				if err := os.WriteFile(filepath.Join(d, f), v, 0o644); err != nil {
-					return fmt.Errorf("cgroup %s: %w", f, err)
+				for _, dst := range []string{d, filepath.Join(d, "runtime")} {
+					if err := os.WriteFile(filepath.Join(dst, f), v, 0o644); err != nil {
+						return fmt.Errorf("cgroup %s: %w", f, err)
+					}
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// cgroupPrefix starts the name of the node's cgroup root; the owning test
+// process's pid follows.
+const cgroupPrefix = "uproxy-bed-"
+
+// sweepStaleCgroups kills what a killed earlier run left in its node
+// cgroups (containerd, shims, containers) and removes them. The mount
+// namespace, pod network namespaces and mounts go with the processes.
+func sweepStaleCgroups() {
+	mounts, _ := cgroupMounts()
+	for _, m := range mounts {
+		dirs, _ := filepath.Glob(filepath.Join(m, cgroupPrefix+"*"))
+		for _, d := range dirs {
+			pid := strings.TrimPrefix(filepath.Base(d), cgroupPrefix)
+			if _, err := os.Stat("/proc/" + pid); err == nil || pid == strconv.Itoa(os.Getpid()) {
+				continue // its owner still runs
+			}
+			killCgroupTree([]string{d})
+			_ = removeCgroupTree(d)
+		}
+	}
 }
 
 // cgroupMounts lists the mount points of the cgroup (v1) and cgroup2
@@ -279,11 +314,12 @@ func (r *nodeRuntime) stop() error {
 	if r.kubelet != nil {
 		r.kubelet.Stop(10 * time.Second)
 	}
+	// Containers, shims and containerd: all in the node's cgroups.
 	r.killCgroupProcs()
 	if r.containerd != nil {
 		r.containerd.Stop(10 * time.Second)
 	}
-	if r.mountNS != "" {
+	if r.mountNS != "" { // a shim that escaped the cgroups
 		for range 50 {
 			pids := pidsInMountNS(r.mountNS)
 			if len(pids) == 0 {
@@ -306,10 +342,14 @@ func (r *nodeRuntime) stop() error {
 
 // killCgroupProcs SIGKILLs every process in the node's cgroup trees until
 // none is left (at most ~5 s).
-func (r *nodeRuntime) killCgroupProcs() {
+func (r *nodeRuntime) killCgroupProcs() { killCgroupTree(r.cgroupDirs) }
+
+// killCgroupTree SIGKILLs every process in the cgroup trees until none is
+// left (at most ~5 s).
+func killCgroupTree(roots []string) {
 	for range 50 {
 		n := 0
-		for _, d := range r.cgroupDirs {
+		for _, d := range roots {
 			_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
 				if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
 					return nil
