@@ -14,17 +14,13 @@ import (
 // proddetail.workshop:3000/catalogdetail; done`, `kubectl get pods -o wide`,
 // `kubectl describe service`, a scale 3 -> 1 and back, then the per-pod
 // counts and the failure count (which must be 0). The node and everything on
-// it are removed when the test binary ends.
+// it are removed when the test binary ends. In make test it is the seed's
+// scale scenario on the kubelet node.
 func TestDemo(t *testing.T) {
 	w := newWorld(t, "workshop", 15*time.Minute)
 	w.ensureUproxy()
 	say("demo: uproxy pod %s", w.uproxyPod())
-	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, 3))
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	c := w.clientPod("prodcatalog")
-	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
-		t.Fatal(err)
-	}
+	c := w.seed("prodcatalog", 3)
 	say("demo: kubectl get pods -o wide -n workshop\n%s", w.kubectl("get", "pods", "-o", "wide", "-n", w.ns))
 	say("demo: kubectl describe service proddetail -n workshop\n%s", w.kubectl("describe", "service", "proddetail", "-n", w.ns))
 	say("demo: in pod prodcatalog: while sleep 1; do curl %s; done", seedURL)

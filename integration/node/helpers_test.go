@@ -147,6 +147,19 @@ spec:
 	return c
 }
 
+// seed deploys the seed's proddetail (seedApp) with replicas pods and a
+// client pod, and waits until the client reaches the service by name.
+func (w *world) seed(client string, replicas int, extraArgs ...string) *bed.PodClient {
+	w.t.Helper()
+	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, replicas, extraArgs...))
+	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
+	c := w.clientPod(client)
+	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
+		w.t.Fatal(err)
+	}
+	return c
+}
+
 // waitRollout runs kubectl rollout status (deployment/x or ds/x).
 func (w *world) waitRollout(ns, what string, timeout time.Duration) {
 	w.t.Helper()

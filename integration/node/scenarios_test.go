@@ -82,52 +82,13 @@ func TestInsteadOfKubeProxy(t *testing.T) {
 	}
 }
 
-// TestSeedScaleInUnderCurlLoop is the seed: proddetail with 3 replicas, the
-// client pod's `while sleep 1; do curl proddetail.workshop:3000/catalogdetail;
-// done`, `kubectl scale deployment proddetail --replicas=1` and back to 3.
-func TestSeedScaleInUnderCurlLoop(t *testing.T) {
-	w := newWorld(t, "workshop", 10*time.Minute)
-	w.ensureUproxy()
-	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, 3))
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	c := w.clientPod("client")
-	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
-		t.Fatal(err)
-	}
-	say("kubectl describe service proddetail -n workshop\n%s", w.kubectl("describe", "service", "proddetail", "-n", w.ns))
-	l := bed.StartLoop(w.ctx, c, bed.LoopOptions{URL: seedURL, Workers: 1, Interval: time.Second, MaxTime: 5 * time.Second})
-	w.sleep(5 * time.Second)
-	say("kubectl scale deployment proddetail --replicas=1 -n workshop")
-	w.kubectl("scale", "deployment", "proddetail", "--replicas=1", "-n", w.ns)
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	w.sleep(10 * time.Second)
-	say("kubectl get pods -o wide -n workshop\n%s", w.kubectl("get", "pods", "-o", "wide", "-n", w.ns))
-	say("kubectl scale deployment proddetail --replicas=3 -n workshop")
-	w.kubectl("scale", "deployment", "proddetail", "--replicas=3", "-n", w.ns)
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	w.sleep(5 * time.Second)
-	s := l.Stop()
-	summary("seed-scale", "%v", s)
-	if s.Failures != 0 {
-		t.Errorf("%d requests failed:\n%s", s.Failures, s.FailureDetail())
-	}
-	if s.Requests < 20 {
-		t.Errorf("only %d requests", s.Requests)
-	}
-}
-
 // TestRollingUpdateUnderCurlLoops: the seed's Deployment moves to a new image
 // tag while 4 curl loops (a new connection per request) run; kubelet does the
 // termination (SIGTERM, grace period, SIGKILL).
 func TestRollingUpdateUnderCurlLoops(t *testing.T) {
 	w := newWorld(t, "workshop", 10*time.Minute)
 	w.ensureUproxy()
-	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, 3))
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	c := w.clientPod("client")
-	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
-		t.Fatal(err)
-	}
+	c := w.seed("client", 3)
 	before := w.readyPods("proddetail")
 	s := w.loopFor(c, seedURL, func() {
 		say("kubectl set image deployment/proddetail proddetail=%s -n workshop", bed.EchoImageV2)
@@ -155,12 +116,7 @@ func TestRollingUpdateUnderCurlLoops(t *testing.T) {
 func TestUproxyRolloutAndKill(t *testing.T) {
 	w := newWorld(t, "workshop", 15*time.Minute)
 	w.ensureUproxy()
-	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, 3))
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	c := w.clientPod("client")
-	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
-		t.Fatal(err)
-	}
+	c := w.seed("client", 3)
 	w.uproxyImage("v2")
 	old := w.uproxyPod()
 	start := time.Now()
@@ -326,12 +282,7 @@ func TestBesideKubeProxy(t *testing.T) {
 func TestWorkloadShutdownModes(t *testing.T) {
 	w := newWorld(t, "workshop", 10*time.Minute)
 	w.ensureUproxy()
-	w.apply(seedApp(w.ns, "proddetail", bed.EchoImage, 3, "--unready-503=5s"))
-	w.waitRollout(w.ns, "deployment/proddetail", 2*time.Minute)
-	c := w.clientPod("client")
-	if _, err := c.WaitHello(w.ctx, seedURL); err != nil {
-		t.Fatal(err)
-	}
+	c := w.seed("client", 3, "--unready-503=5s")
 	kinds := func(s bed.Summary) string {
 		n503 := 0
 		for _, x := range s.Samples {
