@@ -52,6 +52,15 @@ type options struct {
 	Version             bool
 	Verbosity           int // -v / --v
 
+	// ConfigIgnored lists the --config fields (dotted paths) that were set
+	// but do not apply to uproxy; main warns about them once.
+	ConfigIgnored []string
+	// WriteConfigTo is --write-config-to: main writes effectiveConfig (the
+	// KubeProxyConfiguration uproxy applies, rendered only then) there and
+	// exits.
+	WriteConfigTo   string
+	effectiveConfig []byte
+
 	// uproxy's own flags
 	Manifests        string
 	HealthSocket     string // unix socket path for /healthz and /livez; "" disables
@@ -77,6 +86,8 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.SetOutput(io.Discard) // errors are returned and printed by main, once
 	fs.Usage = func() {}
 
+	fs.StringVar(&raw.config, "config", "", "The path to a kube-proxy configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, e.g. kubeadm's kube-proxy ConfigMap config.conf). Flags given on the command line override its values; fields that do not apply to uproxy are reported once; unknown fields are an error.")
+	fs.StringVar(&raw.writeConfigTo, "write-config-to", "", "If set, write the effective configuration (the KubeProxyConfiguration fields uproxy applies, after --config and flags) to this file and exit.")
 	fs.StringVar(&raw.kubeconfig, "kubeconfig", "", "Path to kubeconfig file with authorization information (the master location can be overridden by the master flag). Without it and without --master, the in-cluster config is used.")
 	fs.StringVar(&raw.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig)")
 	fs.StringVar(&raw.hostnameOverride, "hostname-override", "", "If non-empty, will be used as the name of the Node that uproxy is running on. If unset, the node name is assumed to be the same as the node's hostname.")
@@ -119,6 +130,7 @@ type rawFlags struct {
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
 	iptablesBackend, healthSocket                                     string
 	shutdownGrace                                                     time.Duration
+	config, writeConfigTo                                             string
 }
 
 // usage renders --help.
@@ -144,7 +156,25 @@ func parseFlags(args []string) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (uproxy takes flags only)", fs.Arg(0))
 	}
-	return raw.validate(fs)
+	var ignored []string
+	if raw.config != "" {
+		cfg, err := loadKubeProxyConfig(raw.config)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --config: %w", err)
+		}
+		ignored = raw.applyKubeProxyConfig(cfg, fs)
+	}
+	o, err := raw.validate(fs)
+	if err != nil {
+		return nil, err
+	}
+	o.ConfigIgnored = ignored
+	if o.WriteConfigTo = raw.writeConfigTo; o.WriteConfigTo != "" {
+		if o.effectiveConfig, err = renderKubeProxyConfig(&raw); err != nil {
+			return nil, fmt.Errorf("--write-config-to: %w", err)
+		}
+	}
+	return o, nil
 }
 
 func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {

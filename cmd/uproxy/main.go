@@ -8,7 +8,7 @@
 // endpoint gets a connection (proxy/ does) and does not convert API objects
 // (watch/ does).
 //
-// Exit codes: 0 after --help, --version, --cleanup or a SIGTERM/SIGINT
+// Exit codes: 0 after --help, --version, --write-config-to, --cleanup or a SIGTERM/SIGINT
 // shutdown; 1 when start-up or a component fails; 2 for bad flags.
 //
 // `uproxy probe` (probe.go) is the DaemonSet's exec probe: it asks the
@@ -53,6 +53,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version.String())
 		return 0
 	}
+	if opts.WriteConfigTo != "" {
+		if err := os.WriteFile(opts.WriteConfigTo, opts.effectiveConfig, 0o644); err != nil {
+			fmt.Fprintf(stderr, "uproxy: --write-config-to: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 
 	zerolog.TimeFieldFormat = time.RFC3339Nano
 	log := newLogger(stderr, opts.LogFormat, opts.LogLevel)
@@ -72,6 +79,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	if len(opts.ConfigIgnored) > 0 {
+		log.Warn().Strs("fields", opts.ConfigIgnored).
+			Msg("--config: these KubeProxyConfiguration fields do not apply to uproxy and are ignored")
+	}
 	log.Info().Str("version", version.Get()).Str("portalMode", opts.PortalMode).Msg("starting uproxy")
 	if err := serve(ctx, stop, opts, log); err != nil {
 		log.Error().Err(err).Msg("uproxy stopped on error")
