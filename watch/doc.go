@@ -10,6 +10,12 @@
 // MinSyncPeriod, and a full SyncPorts runs at least every SyncPeriod so that
 // tampered rules are repaired.
 //
+// The Runner also keeps a state checkpoint (checkpoint.go): after changes it
+// hands a snapshot of what the sink was given to a writer goroutine, which
+// writes it atomically at most once a second; a restarted uproxy serves a
+// loaded checkpoint (Runner.StartFrom) until the source has synced, and the
+// source's state then replaces it entirely.
+//
 // The package converts API objects into the small value types of package svc
 // (the proxy never sees client-go types) and applies kube-proxy's rules:
 // headless, ExternalName and IP-less Services are skipped, the

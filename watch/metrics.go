@@ -18,7 +18,11 @@ type metrics struct {
 	programming      prometheus.Histogram // event recorded -> sink applied
 	lastSync         prometheus.Gauge
 	syncErrors       prometheus.Counter
-	others           []prometheus.Collector
+	// checkpointServing is 1 while the sink holds a loaded checkpoint's
+	// state (before the source's first sync).
+	checkpointServing prometheus.Gauge
+	checkpointWrites  *prometheus.CounterVec // {result="ok"|"error"}
+	others            []prometheus.Collector
 }
 
 func newMetrics(t *Tracker) *metrics {
@@ -46,6 +50,17 @@ func newMetrics(t *Tracker) *metrics {
 			Name: "uproxy_sync_errors_total",
 			Help: "SyncPorts calls that returned an error (retried with backoff).",
 		}),
+		checkpointServing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "uproxy_checkpoint_serving",
+			Help: "1 while uproxy serves the state checkpoint of a previous run because the API server's state has not arrived yet.",
+		}),
+		checkpointWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "uproxy_checkpoint_writes_total",
+			Help: "State checkpoint writes (--checkpoint-path), by result.",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.checkpointWrites.WithLabelValues(r) // exported as 0 before the first write
 	}
 	m.others = []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -71,5 +86,6 @@ func newMetrics(t *Tracker) *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.syncDuration, m.syncFullDuration, m.programming, m.lastSync, m.syncErrors}, m.others...)
+	return append([]prometheus.Collector{m.syncDuration, m.syncFullDuration, m.programming, m.lastSync, m.syncErrors,
+		m.checkpointServing, m.checkpointWrites}, m.others...)
 }

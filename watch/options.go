@@ -44,6 +44,9 @@ type Options struct {
 	// ConfigSyncPeriod is the informers' resync period (--config-sync-period).
 	// 0 disables informer resyncs, as in kube-proxy; negative is 0.
 	ConfigSyncPeriod time.Duration
+	// CheckpointPath is where the Runner writes the state checkpoint
+	// (--checkpoint-path); "" writes none. See Checkpoint.
+	CheckpointPath string
 	// Families are the IP families proxied. Empty: derived from the Node's
 	// InternalIP/ExternalIP addresses; when those are unknown too (no Node
 	// object, manifest mode), both families are proxied.

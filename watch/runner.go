@@ -43,6 +43,14 @@ type Runner struct {
 	failures    int
 	retryAt     time.Time
 
+	// Checkpoint state, owned by the Run goroutine (checkpoint_runner.go).
+	ck             *checkpointWriter // nil: no checkpoint is written
+	initial        *Checkpoint       // served until the source syncs (StartFrom)
+	fromCheckpoint bool              // the sink holds the checkpoint's state; the first pass replaces it
+	ckPorts        []svc.Port        // ports of the last SyncPorts, for the next snapshot
+	ckDirty        bool              // the sink's state changed since the last snapshot
+	ckLast         time.Time         // when the last snapshot was handed to ck
+
 	// mu guards health.
 	mu     sync.Mutex
 	health Health
@@ -51,13 +59,19 @@ type Runner struct {
 // NewRunner returns a runner applying t's changes to sink. opts should be
 // the tracker's.
 func NewRunner(t *Tracker, sink svc.Sink, opts Options, log zerolog.Logger) *Runner {
+	m := newMetrics(t)
+	var ck *checkpointWriter
+	if opts.CheckpointPath != "" {
+		ck = newCheckpointWriter(opts.CheckpointPath, m, log)
+	}
 	return &Runner{
 		t:           t,
 		sink:        sink,
 		opts:        opts.withDefaults(),
 		log:         log.With().Str("component", "watch.runner").Logger(),
 		clock:       t.clock,
-		m:           newMetrics(t),
+		m:           m,
+		ck:          ck,
 		services:    make(map[types.NamespacedName]*serviceInfo),
 		slices:      make(map[types.NamespacedName]*sliceInfo),
 		slicesBySvc: make(map[types.NamespacedName][]types.NamespacedName),
@@ -83,11 +97,25 @@ func (r *Runner) Health() Health {
 	return h
 }
 
-// Run waits for the source's initial state, applies it in full, then
-// applies changes until ctx is cancelled. It returns nil on cancellation.
-// Call it once.
+// Run waits for the source's initial state (serving the StartFrom
+// checkpoint meanwhile), applies it in full, then applies changes until ctx
+// is cancelled. It returns nil on cancellation. Call it once.
 func (r *Runner) Run(ctx context.Context) error {
 	r.updateHealth(func(h *Health) { h.QueuedSince = r.clock.Now() })
+	if r.ck != nil {
+		go r.ck.run()
+		defer func() {
+			if r.ckDirty { // the last change, not yet written
+				r.ck.offer(r.snapshot(r.clock.Now()))
+			}
+			close(r.ck.stop)
+			<-r.ck.done
+		}()
+	}
+	if r.initial != nil {
+		r.serveCheckpoint(ctx, r.initial)
+		r.initial = nil
+	}
 	select {
 	case <-ctx.Done():
 		return nil
@@ -115,6 +143,7 @@ func (r *Runner) start(ctx context.Context) {
 	r.fams = effectiveFamilies(r.opts.Families, r.t.Node())
 	r.log.Info().Stringer("families", r.fams).Str("node", r.opts.NodeName).Msg("initial state received, first full sync")
 	r.pass(ctx, true)
+	r.dropCheckpoint()
 }
 
 // pass applies what the tracker recorded and runs SyncPorts when due (or
@@ -129,6 +158,7 @@ func (r *Runner) pass(ctx context.Context, force bool) {
 	if did {
 		r.m.syncDuration.Observe(r.clock.Since(start).Seconds())
 	}
+	r.maybeCheckpoint(r.clock.Now())
 }
 
 // apply merges changes into the runner's state and hands changed endpoint
@@ -142,6 +172,7 @@ func (r *Runner) apply(p pending) bool {
 		affected[nn] = since
 	}
 	if p.nodeChanged {
+		r.ckDirty = true // the node IPs are in the checkpoint
 		if f := effectiveFamilies(r.opts.Families, p.node); f != r.fams {
 			r.log.Info().Stringer("families", f).Stringer("was", r.fams).Msg("node IP families changed, recomputing all services")
 			r.fams = f
@@ -210,6 +241,7 @@ func (r *Runner) apply(p pending) bool {
 	if len(updates) == 0 {
 		return false
 	}
+	r.ckDirty = true
 	r.sink.UpdateEndpoints(updates)
 	now := r.clock.Now()
 	for _, s := range epSince {
@@ -292,6 +324,9 @@ func (r *Runner) nextDelay(now time.Time) time.Duration {
 	case len(r.dirty) > 0:
 		at = r.lastSyncEnd.Add(r.opts.MinSyncPeriod)
 	}
+	if due := r.checkpointDue(); !due.IsZero() && due.Before(at) {
+		at = due
+	}
 	return max(at.Sub(now), 0)
 }
 
@@ -308,6 +343,7 @@ func (r *Runner) backoff() time.Duration {
 func (r *Runner) syncPorts(ctx context.Context) {
 	if r.portList == nil {
 		r.portList = r.buildPortList()
+		r.ckPorts, r.ckDirty = r.portList, true
 	}
 	start := r.clock.Now()
 	err := r.sink.SyncPorts(ctx, r.portList)

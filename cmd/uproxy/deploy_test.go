@@ -215,6 +215,18 @@ func TestDeployDaemonSet(t *testing.T) {
 	if sv, _ := mountedVolume(opts.HealthSocket); sv.EmptyDir == nil {
 		t.Errorf("--health-socket %s is not in an emptyDir (%+v): the socket must be private to the pod", opts.HealthSocket, sv)
 	}
+	// The state checkpoint is on the host (it must outlive the pod), in a
+	// writable mount: the root filesystem stays read-only.
+	if opts.CheckpointPath == "" {
+		t.Fatal("the state checkpoint is off (--checkpoint-path)")
+	}
+	stv, stm := mountedVolume(opts.CheckpointPath)
+	if hp := stv.HostPath; hp == nil || hp.Path != filepath.Dir(opts.CheckpointPath) || hp.Type == nil ||
+		*hp.Type != v1.HostPathDirectoryOrCreate || stm.ReadOnly {
+		t.Errorf("--checkpoint-path %s: volume %+v mounted %+v, want the host's %s (DirectoryOrCreate), read-write",
+			opts.CheckpointPath, stv, stm, filepath.Dir(opts.CheckpointPath))
+	}
+
 	probe := func(name string, p *v1.Probe, path string) {
 		t.Helper()
 		if p == nil || p.Exec == nil || p.HTTPGet != nil || p.TCPSocket != nil || p.GRPC != nil {

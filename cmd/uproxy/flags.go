@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/uproxy/uproxy/proxy"
+	"github.com/uproxy/uproxy/watch"
 )
 
 // Portal modes (--portal-mode).
@@ -64,6 +65,7 @@ type options struct {
 	// uproxy's own flags
 	Manifests        string
 	HealthSocket     string // unix socket path for /healthz and /livez; "" disables
+	CheckpointPath   string // --checkpoint-path: the state checkpoint file; "" disables
 	PortalMode       string
 	IPTablesBackend  string // "", "nft" or "legacy"
 	ServiceProxyName string
@@ -108,6 +110,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 
 	fs.StringVar(&raw.manifests, "manifests", "", "Run without a cluster: read Services and EndpointSlices from this YAML/JSON file or directory (multi-document, as kubectl accepts) and re-apply it when it changes. Excludes --kubeconfig and --master.")
 	fs.StringVar(&raw.healthSocket, "health-socket", "", "Also serve /healthz and /livez on this unix socket (e.g. /run/uproxy/health.sock in a pod-private emptyDir), for exec probes ('uproxy probe --socket PATH'): only this process answers there, unlike the node-wide healthz port. A stale socket file left by a dead process is replaced. Empty: off.")
+	fs.StringVar(&raw.checkpointPath, "checkpoint-path", watch.DefaultCheckpointPath, "State checkpoint: the last Services and endpoints applied are written here (atomically, at most once a second), and a restarted uproxy serves them at once while the API server's state has not arrived yet (the API's state then replaces them). Its directory must exist (the DaemonSet mounts /var/lib/uproxy from the host). Not used with --manifests. Empty: off.")
 	fs.StringVar(&raw.portalMode, "portal-mode", portalModeIPTables, "How traffic reaches the listeners: 'iptables' (portal rules redirect service IPs to proxy ports; needs CAP_NET_ADMIN) or 'direct' (no iptables; each service port listens on its portal IP:port itself; portals whose IP is not local are reported once and skipped).")
 	fs.StringVar(&raw.iptablesBackend, "iptables-backend", "", "Which iptables to run: '' (whatever 'iptables' is in the image), 'nft' (iptables-nft*) or 'legacy' (iptables-legacy*). Must match what the node's other iptables users (kubelet, CNI) use.")
 	fs.StringVar(&raw.serviceProxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=<this> (lets uproxy run beside kube-proxy). Empty: handle Services without that label, as kube-proxy does.")
@@ -129,6 +132,7 @@ type rawFlags struct {
 	verbosity, udpMaxSessions                                         int
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
 	iptablesBackend, healthSocket                                     string
+	checkpointPath                                                    string
 	shutdownGrace                                                     time.Duration
 	config, writeConfigTo                                             string
 }
@@ -193,6 +197,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		Verbosity:           raw.verbosity,
 		Manifests:           raw.manifests,
 		HealthSocket:        raw.healthSocket,
+		CheckpointPath:      raw.checkpointPath,
 		PortalMode:          raw.portalMode,
 		IPTablesBackend:     raw.iptablesBackend,
 		ServiceProxyName:    raw.serviceProxyName,

@@ -31,6 +31,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		LogFormat:          logFormatJSON,
 		UDPMaxSessions:     4096,
 		ShutdownGrace:      20 * time.Second,
+		CheckpointPath:     "/var/lib/uproxy/state.json",
 	}
 	if !reflect.DeepEqual(*o, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", *o, want)
@@ -220,7 +221,7 @@ func TestParseFlagsHelp(t *testing.T) {
 		"--udp-timeout", "--iptables-sync-period", "--iptables-min-sync-period", "--config-sync-period",
 		"--nodeport-addresses", "--cleanup", "--healthz-bind-address", "--metrics-bind-address", "--bind-address-hard-fail", "--profiling",
 		"--version", "-v, --v", "--manifests", "--health-socket", "--portal-mode", "--iptables-backend", "--service-proxy-name", "--log-level", "--log-format",
-		"--udp-max-sessions", "--shutdown-grace", "--disable-ejection"} {
+		"--udp-max-sessions", "--shutdown-grace", "--disable-ejection", "--checkpoint-path"} {
 		if !strings.Contains(b.String(), name) {
 			t.Errorf("usage does not document %s", name)
 		}

@@ -20,10 +20,13 @@ import (
 
 // nodeIPWait bounds how long start-up waits for the Node object's addresses
 // (iptables mode needs them for traffic the node sends itself) before it
-// falls back to the default route's source addresses.
+// falls back to the state checkpoint's node IPs or the default route's
+// source addresses. With a checkpoint the wait is short: it is served
+// within a second of starting when the API server is unreachable.
 const (
-	nodeIPWaitKube      = 15 * time.Second
-	nodeIPWaitManifests = 2 * time.Second
+	nodeIPWaitKube       = 15 * time.Second
+	nodeIPWaitManifests  = 2 * time.Second
+	nodeIPWaitCheckpoint = 250 * time.Millisecond
 )
 
 // serve runs uproxy until ctx is cancelled (SIGTERM/SIGINT) or a component
@@ -57,6 +60,11 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		MinSyncPeriod:    opts.MinSyncPeriod,
 		SyncPeriod:       opts.SyncPeriod,
 		ConfigSyncPeriod: opts.ConfigSyncPeriod,
+	}
+	var checkpoint *watch.Checkpoint // the last run's state, served until the API's arrives
+	if opts.CheckpointPath != "" && opts.Manifests == "" {
+		wopts.CheckpointPath = opts.CheckpointPath
+		checkpoint = loadCheckpoint(opts.CheckpointPath, name, log)
 	}
 
 	// HTTP first: /livez answers while start-up waits for the API server.
@@ -134,10 +142,14 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	default:
 		pcfg.Mode = proxy.ModeIPTables
 		wait := nodeIPWaitKube
-		if opts.Manifests != "" {
+		var fallback []netip.Addr
+		switch {
+		case opts.Manifests != "":
 			wait = nodeIPWaitManifests
+		case checkpoint != nil:
+			wait, fallback = nodeIPWaitCheckpoint, checkpoint.NodeIPs
 		}
-		ips, err := waitNodeIPs(ctx, tracker, wait, log)
+		ips, err := waitNodeIPs(ctx, tracker, wait, fallback, log)
 		if err != nil {
 			stopErr = err
 			break
@@ -157,6 +169,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	if stopErr == nil {
 		if proxier, stopErr = proxy.New(pcfg, portals, log); stopErr == nil {
 			runner = watch.NewRunner(tracker, proxier, wopts, log)
+			runner.StartFrom(checkpoint)
 			late.set(runner, proxier)
 			stopErr = registerAll(reg, append(runner.Collectors(), proxier.Collector())...)
 		}
@@ -233,8 +246,9 @@ func shutdownHTTP(servers []*httpServer, log zerolog.Logger) {
 }
 
 // waitNodeIPs waits up to wait for the Node object's addresses in the
-// tracker, then falls back to the default route's source addresses.
-func waitNodeIPs(ctx context.Context, t *watch.Tracker, wait time.Duration, log zerolog.Logger) ([]netip.Addr, error) {
+// tracker, then falls back to fallback (the checkpoint's) when not empty,
+// else to the default route's source addresses.
+func waitNodeIPs(ctx context.Context, t *watch.Tracker, wait time.Duration, fallback []netip.Addr, log zerolog.Logger) ([]netip.Addr, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -250,6 +264,10 @@ func waitNodeIPs(ctx context.Context, t *watch.Tracker, wait time.Duration, log 
 		case <-tick.C:
 			continue
 		case <-deadline.C:
+		}
+		if len(fallback) > 0 {
+			log.Info().Interface("ips", fallback).Dur("waited", wait).Msg("node IPs from the state checkpoint (no Node object yet)")
+			return fallback, nil
 		}
 		ips := defaultRouteIPs()
 		if len(ips) == 0 {
@@ -276,6 +294,7 @@ func newPortalProgrammer(ctx context.Context, opts *options, nodeIPs []netip.Add
 			icfg.NodePortAddresses = append(icfg.NodePortAddresses, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
+	setupHandover(opts, &icfg, pcfg, log)
 	prog, err := iptables.New(icfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)
