@@ -13,10 +13,17 @@ const (
 	chainNodePortContainer = "KUBE-NODEPORT-CONTAINER"
 	chainNodePortHost      = "KUBE-NODEPORT-HOST"
 	chainNodePortNonLocal  = "KUBE-NODEPORT-NON-LOCAL"
+	// chainPortWait is uproxy's own (legacy had no such chain): see
+	// portWaitRules.
+	chainPortWait = "UPROXY-PORT-WAIT"
 
 	tableNAT    = "nat"
 	tableFilter = "filter"
+	tableMangle = "mangle"
 )
+
+// tables lists the tables of our chains in the order they are written.
+var tables = []string{tableNAT, tableFilter, tableMangle}
 
 // ourChain describes one chain we own and the jump into it from a built-in
 // chain. jumpSpec is written exactly as iptables-save prints it (so that what
@@ -27,6 +34,9 @@ type ourChain struct {
 	builtin  string // chain holding the jump
 	jumpSpec string // rule spec of the jump, without "-A BUILTIN"
 	first    bool   // insert the jump at position 1 (else append)
+	// ordered: rule order matters (the chain is written whole, never
+	// patched, and never sorted); else order carries no meaning.
+	ordered bool
 }
 
 // Jump comments are legacy kube-proxy's, word for word.
@@ -34,23 +44,38 @@ const (
 	commentPortals  = `"handle ClusterIPs; NOTE: this must be before the NodePort rules"`
 	commentNodePort = `"handle service NodePorts; NOTE: this must be the last rule in the chain"`
 	commentNonLocal = `"Ensure that non-local NodePort traffic can flow"`
+	commentPortWait = `"uproxy: drop new connections to proxy ports nothing listens on (restart), the client retries"`
 )
 
-// ourChains lists our chains in the order they are written: nat first, then
-// filter (the order of the *table sections in the restore input).
+// ourChains lists our chains in the order they are written: nat, filter,
+// then mangle (the order of the *table sections in the restore input).
+// UPROXY-PORT-WAIT hangs off mangle INPUT, which runs before filter INPUT, so
+// no filter rule (ours or the host firewall's) can ACCEPT a SYN before it.
 var ourChains = []ourChain{
-	{tableNAT, chainPortalsContainer, "PREROUTING", "-m comment --comment " + commentPortals + " -j " + chainPortalsContainer, true},
-	{tableNAT, chainPortalsHost, "OUTPUT", "-m comment --comment " + commentPortals + " -j " + chainPortalsHost, true},
-	{tableNAT, chainNodePortContainer, "PREROUTING", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortContainer, false},
-	{tableNAT, chainNodePortHost, "OUTPUT", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortHost, false},
-	{tableFilter, chainNodePortNonLocal, "INPUT", "-m comment --comment " + commentNonLocal + " -j " + chainNodePortNonLocal, true},
+	{tableNAT, chainPortalsContainer, "PREROUTING", "-m comment --comment " + commentPortals + " -j " + chainPortalsContainer, true, false},
+	{tableNAT, chainPortalsHost, "OUTPUT", "-m comment --comment " + commentPortals + " -j " + chainPortalsHost, true, false},
+	{tableNAT, chainNodePortContainer, "PREROUTING", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortContainer, false, false},
+	{tableNAT, chainNodePortHost, "OUTPUT", "-m addrtype --dst-type LOCAL -m comment --comment " + commentNodePort + " -j " + chainNodePortHost, false, false},
+	{tableFilter, chainNodePortNonLocal, "INPUT", "-m comment --comment " + commentNonLocal + " -j " + chainNodePortNonLocal, true, false},
+	{tableMangle, chainPortWait, "INPUT", "-m comment --comment " + commentPortWait + " -j " + chainPortWait, true, true},
 }
 
-// isOurChain reports whether name is one of the five chains.
+// isOurChain reports whether name is one of our chains.
 func isOurChain(name string) bool {
 	for _, c := range ourChains {
 		if c.name == name {
 			return true
+		}
+	}
+	return false
+}
+
+// isOrdered reports whether name is one of our chains whose rule order
+// matters.
+func isOrdered(name string) bool {
+	for _, c := range ourChains {
+		if c.name == name {
+			return c.ordered
 		}
 	}
 	return false

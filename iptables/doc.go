@@ -14,6 +14,11 @@
 //	nat    PREROUTING (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-CONTAINER
 //	nat    OUTPUT     (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-HOST
 //	filter INPUT      (first) -> KUBE-NODEPORT-NON-LOCAL  ACCEPT new connections to the proxy ports
+//	mangle INPUT      (first) -> UPROXY-PORT-WAIT         DROP new connections to a proxy port nothing listens on
+//
+// UPROXY-PORT-WAIT is uproxy's own: while uproxy restarts, a client's SYN to
+// a portal is dropped (and retransmitted a second later, to the next
+// instance) instead of reset; see portWaitRules.
 //
 // Every rule carries `-m comment --comment "ns/name:port"`; that comment is
 // how InstalledProxyPorts gives a restarted uproxy its proxy ports back.
@@ -44,5 +49,5 @@
 // What it does not do: it opens no sockets for the portals (proxy/ listens),
 // it never flushes rules at start-up (a restarted uproxy re-reads its proxy
 // ports first, see InstalledProxyPorts), and it never touches tables or
-// chains other than the five above and the jumps into them.
+// chains other than the six above and the jumps into them.
 package iptables

@@ -39,6 +39,7 @@ func newFakeTables() *fakeTables {
 	for table, builtins := range map[string][]string{
 		tableNAT:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 		tableFilter: {"INPUT", "FORWARD", "OUTPUT"},
+		tableMangle: {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 	} {
 		t.chains[table] = map[string][]string{}
 		for _, c := range builtins {
@@ -150,7 +151,7 @@ func (r *fakeRunner) save(_ context.Context, f family) ([]byte, error) {
 
 func (t *fakeTables) save() string {
 	var b strings.Builder
-	for _, table := range []string{tableFilter, tableNAT} {
+	for _, table := range []string{tableFilter, tableNAT, tableMangle} {
 		b.WriteString("*" + table + "\n")
 		names := slices.Clone(t.order[table])
 		for _, c := range names {
@@ -234,4 +235,10 @@ func (c *fakeConntrack) deleteUDP(_ context.Context, flows []ctFlow) (uint, erro
 		return 0, c.err
 	}
 	return uint(len(flows)), nil
+}
+
+func (r *fakeRunner) restoresSnapshot() []fakeCall {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.restores)
 }

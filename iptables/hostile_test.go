@@ -19,7 +19,7 @@ func checkRestoreInput(t *testing.T, in string) {
 	t.Helper()
 	for i, line := range strings.Split(strings.TrimSuffix(in, "\n"), "\n") {
 		switch {
-		case line == "*nat" || line == "*filter" || line == "COMMIT":
+		case line == "*nat" || line == "*filter" || line == "*mangle" || line == "COMMIT":
 			continue
 		case strings.HasPrefix(line, ":"):
 			name, rest, _ := strings.Cut(line[1:], " ")
@@ -78,10 +78,10 @@ func TestHostileCommentText(t *testing.T) {
 				t.Fatalf("SyncPortals: %v", err)
 			}
 			checkRestoreInput(t, r.lastRestore())
-			// Five rules plus five jumps, nothing else, and the filter
+			// Five rules plus six jumps, nothing else, and the filter
 			// INPUT chain holds only our jump (no injected DROP).
-			if got := ourLines(r.state[v4].save()); len(got) != 10 {
-				t.Errorf("installed %d lines, want 10:\n%s", len(got), strings.Join(got, "\n"))
+			if got := ourLines(r.state[v4].save()); len(got) != 11 {
+				t.Errorf("installed %d lines, want 11:\n%s", len(got), strings.Join(got, "\n"))
 			}
 			if in := r.state[v4].chains[tableFilter]["INPUT"]; len(in) != 1 {
 				t.Errorf("filter INPUT = %q", in)

@@ -44,6 +44,12 @@ type Config struct {
 	// installed (whatever the alternatives point to), "nft" or "legacy"
 	// use iptables-nft* or iptables-legacy*. (Added to the shared API.)
 	Backend string
+	// WaitPorts is the range proxy ports come from (--proxy-port-range, or
+	// the kernel's ip_local_port_range when the kernel chooses them). A new
+	// connection DNATed to one of them on which nothing listens (uproxy is
+	// restarting) is dropped, so the client retransmits, instead of being
+	// reset (see portWaitRules). Zero: UPROXY-PORT-WAIT stays empty.
+	WaitPorts PortSpan
 	// CheckPeriod bounds how long tampering (rules or jumps deleted or
 	// changed by someone else) can go unnoticed. A sync that changes
 	// nothing re-reads the installed rules when the last read is older than
@@ -53,6 +59,9 @@ type Config struct {
 	// CheckPeriod/2. 0 means DefaultCheckPeriod. (Added to the shared API.)
 	CheckPeriod time.Duration
 }
+
+// PortSpan is a range of ports, both ends included.
+type PortSpan struct{ First, Last uint16 }
 
 // Programmer owns the portal rules of one node (or network namespace). It
 // implements svc.PortalSyncer.
@@ -179,7 +188,7 @@ func (p *Programmer) syncLocked(ctx context.Context, portals []svc.Portal) error
 			st.active = true
 		}
 	}
-	perTable := map[string]int{tableNAT: 0, tableFilter: 0}
+	perTable := map[string]int{tableNAT: 0, tableFilter: 0, tableMangle: 0}
 	for _, st := range p.fams {
 		if !st.active {
 			continue

@@ -141,7 +141,7 @@ func TestAddAndDeleteService(t *testing.T) {
 	if err := p.SyncPortals(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{jumpNodePortOut, jumpNodePortPre, jumpNonLocal, jumpPortalsOut, jumpPortalsPre}
+	want := []string{jumpNodePortOut, jumpNodePortPre, jumpNonLocal, jumpPortWait, jumpPortalsOut, jumpPortalsPre}
 	slices.Sort(want)
 	if got := ourLines(r.state[v4].save()); !slices.Equal(got, want) {
 		t.Errorf("after deleting all services:\n%s", strings.Join(got, "\n"))

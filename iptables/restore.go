@@ -20,7 +20,7 @@ func parseSave(out []byte) ruleSet {
 		switch {
 		case strings.HasPrefix(line, "*"):
 			table = line[1:]
-		case table != tableNAT && table != tableFilter:
+		case !slices.Contains(tables, table):
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			if c, ok := chainIn(table, name); ok {
@@ -68,10 +68,12 @@ func chainIn(table, name string) (ourChain, bool) {
 
 // normalize sorts each chain's rules: rule order inside our chains carries
 // no meaning (render drops rules whose matches collide), so sets compare
-// and diff as sorted lists.
+// and diff as sorted lists. Ordered chains keep their order.
 func normalize(rs ruleSet) {
-	for _, v := range rs.rules {
-		slices.Sort(v)
+	for name, v := range rs.rules {
+		if !isOrdered(name) {
+			slices.Sort(v)
+		}
 	}
 	for _, v := range rs.jumps {
 		slices.Sort(v)
@@ -132,7 +134,12 @@ func jumpFix(have []string, want string) (del []string, add bool) {
 func countDiff(have, want ruleSet) int {
 	n := 0
 	for _, c := range ourChains {
-		a, d := diffSorted(have.rules[c.name], want.rules[c.name])
+		h, w := have.rules[c.name], want.rules[c.name]
+		if c.ordered && !slices.Equal(h, w) {
+			h, w = slices.Sorted(slices.Values(h)), slices.Sorted(slices.Values(w))
+			n++ // at least the order differs
+		}
+		a, d := diffSorted(h, w)
 		n += len(a) + len(d)
 		if !have.exists[c.name] && want.exists[c.name] && len(want.rules[c.name]) == 0 {
 			n++ // an empty chain that was deleted
@@ -159,17 +166,25 @@ const fullRewriteFraction = 0.5
 // nothing differs.
 func restoreText(have, want ruleSet, full bool) []byte {
 	var b bytes.Buffer
-	for _, table := range []string{tableNAT, tableFilter} {
+	for _, table := range tables {
 		var decl, lines []string
 		for _, c := range ourChains {
 			if c.table != table {
 				continue
 			}
 			w := want.rules[c.name]
-			add, del := diffSorted(have.rules[c.name], w)
-			changes := len(add) + len(del)
+			var add, del []string
+			changes := 0
+			if c.ordered {
+				if !slices.Equal(have.rules[c.name], w) {
+					changes = len(w) + 1 // rewrite it whole: order matters
+				}
+			} else {
+				add, del = diffSorted(have.rules[c.name], w)
+				changes = len(add) + len(del)
+			}
 			switch {
-			case !have.exists[c.name] || (changes > 0 && (full || float64(changes) > fullRewriteFraction*float64(len(w)))):
+			case !have.exists[c.name] || (changes > 0 && (c.ordered || full || float64(changes) > fullRewriteFraction*float64(len(w)))):
 				decl = append(decl, ":"+c.name+" - [0:0]")
 				for _, r := range w {
 					lines = append(lines, "-A "+c.name+" "+r)

@@ -47,6 +47,8 @@ type targets struct {
 	nodePortDst []netip.Prefix
 	// noNodePorts: --nodeport-addresses names none of this family.
 	noNodePorts bool
+	// wait is Config.WaitPorts (zero: no UPROXY-PORT-WAIT rules).
+	wait PortSpan
 }
 
 // renderResult is a family's desired rules plus what could not be rendered.
@@ -138,7 +140,32 @@ func render(f family, t targets, portals []svc.Portal, cache renderCache) render
 			r.ruleCount++
 		}
 	}
+	r.set.rules[chainPortWait] = portWaitRules(t.wait)
+	r.ruleCount += len(r.set.rules[chainPortWait])
 	return r
+}
+
+// portWaitRules are UPROXY-PORT-WAIT's rules (in this order): a new TCP
+// connection or UDP datagram that a portal rule DNATed (or REDIRECTed) to a
+// proxy port goes on when a socket listens there (-m socket --nowildcard:
+// wildcard listeners count too, which xt_socket ignores by default), and is
+// dropped when none does, i.e. while uproxy restarts. A dropped SYN is
+// retransmitted by the client after 1 s (then 3 s, 7 s); a reset or an ICMP
+// port unreachable would fail the request at once. Dropped before
+// conntrack confirms the flow, the retransmission is NATed afresh.
+func portWaitRules(w PortSpan) []string {
+	if w.First == 0 || w.Last < w.First {
+		return []string{}
+	}
+	ports := strconv.Itoa(int(w.First)) + ":" + strconv.Itoa(int(w.Last))
+	syn := "-p tcp -m tcp --dport " + ports + " --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate DNAT"
+	udp := "-p udp -m udp --dport " + ports + " -m conntrack --ctstate DNAT"
+	return []string{
+		syn + " -m socket --nowildcard -j RETURN",
+		syn + " -m comment --comment " + commentPortWait + " -j DROP",
+		udp + " -m socket --nowildcard -j RETURN",
+		udp + " -m comment --comment " + commentPortWait + " -j DROP",
+	}
 }
 
 // portalRules renders one portal's rules in family f.
@@ -234,7 +261,7 @@ func hasFamily(p svc.Port, f family) bool {
 
 // targetsFor derives family f's targets from the configuration.
 func (c Config) targetsFor(f family) targets {
-	var t targets
+	t := targets{wait: c.WaitPorts}
 	bind := c.BindAddr.Unmap()
 	switch {
 	case !bind.IsValid() || bind.IsUnspecified():

@@ -16,6 +16,7 @@ const (
 	jumpNodePortPre = `-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-CONTAINER`
 	jumpNodePortOut = `-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-HOST`
 	jumpNonLocal    = `-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL`
+	jumpPortWait    = `-A INPUT -m comment --comment "uproxy: drop new connections to proxy ports nothing listens on (restart), the client retries" -j UPROXY-PORT-WAIT`
 )
 
 // ourLines returns the -A lines of our chains and jumps in a save dump.
@@ -35,12 +36,12 @@ func ourLines(save string) []string {
 }
 
 func TestRuleKinds(t *testing.T) {
-	jumps := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal}
+	jumps := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal, jumpPortWait}
 	tests := map[string]struct {
 		cfg     func(*Config)
 		portals []svc.Portal
 		fam     family
-		want    []string // our rule lines besides the five jumps, any order
+		want    []string // our rule lines besides the six jumps, any order
 	}{
 		"ClusterIP, bound to 0.0.0.0: REDIRECT for pods, DNAT to the node IP for the host": {
 			portals: []svc.Portal{web(30001)},
@@ -140,5 +141,46 @@ func TestRuleKinds(t *testing.T) {
 				t.Errorf("installed rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		})
+	}
+}
+
+// TestPortWaitRules: with WaitPorts set, UPROXY-PORT-WAIT holds its four
+// rules in order (the RETURN for "a socket listens" before each DROP), and a
+// chain whose order someone changed is rewritten whole, never patched by
+// appending the missing RETURN after the DROP.
+func TestPortWaitRules(t *testing.T) {
+	cfg := baseConfig()
+	cfg.WaitPorts = PortSpan{First: 30000, Last: 32767}
+	p, r, _ := newTestProgrammer(t, cfg)
+	ctx := context.Background()
+	if err := p.SyncPortals(ctx, []svc.Portal{web(30001)}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`-p tcp -m tcp --dport 30000:32767 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate DNAT -m socket --nowildcard -j RETURN`,
+		`-p tcp -m tcp --dport 30000:32767 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate DNAT -m comment --comment "uproxy: drop new connections to proxy ports nothing listens on (restart), the client retries" -j DROP`,
+		`-p udp -m udp --dport 30000:32767 -m conntrack --ctstate DNAT -m socket --nowildcard -j RETURN`,
+		`-p udp -m udp --dport 30000:32767 -m conntrack --ctstate DNAT -m comment --comment "uproxy: drop new connections to proxy ports nothing listens on (restart), the client retries" -j DROP`,
+	}
+	for _, f := range families {
+		if got := r.state[f].chains[tableMangle][chainPortWait]; !slices.Equal(got, want) {
+			t.Errorf("%s UPROXY-PORT-WAIT:\n%s\nwant:\n%s", f, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		if got := r.state[f].chains[tableMangle]["INPUT"]; len(got) != 1 || "-A INPUT "+got[0] != jumpPortWait {
+			t.Errorf("%s mangle INPUT = %q", f, got)
+		}
+	}
+	// Someone deletes the first RETURN: the repair must not append it
+	// behind the DROP.
+	r.mu.Lock()
+	c := r.state[v4].chains[tableMangle]
+	c[chainPortWait] = slices.Delete(slices.Clone(c[chainPortWait]), 0, 1)
+	r.mu.Unlock()
+	tick(p, DefaultCheckPeriod)
+	if err := p.SyncPortals(ctx, []svc.Portal{web(30001)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.state[v4].chains[tableMangle][chainPortWait]; !slices.Equal(got, want) {
+		t.Errorf("after repair:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

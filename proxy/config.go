@@ -33,6 +33,9 @@ type Config struct {
 
 	DisableEjection bool // keep dial retries but never eject endpoints (to measure the feature)
 	ReusePort       bool // SO_REUSEPORT on listeners (overlapping instances, restarts)
+	// NoGracefulClose closes listeners at once at shutdown, resetting the
+	// connections in their accept queues (to measure the graceful close).
+	NoGracefulClose bool
 	// PreferredPorts are proxy ports a previous run used (read back from the
 	// installed rules); they are tried first.
 	PreferredPorts map[svc.PortName]uint16

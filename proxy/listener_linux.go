@@ -16,9 +16,13 @@ import (
 // inherit them from it (and TCP_NODELAY, which Go sets on each anyway), so
 // accepting a connection costs no keepalive setsockopt calls. With reusePort
 // the socket gets SO_REUSEPORT so an overlapping instance can bind the same
-// port.
+// port. TCP listeners are plain TCP, not the MPTCP Go picks by default
+// where the kernel has it: an MPTCP listener refuses socket filters
+// (EOPNOTSUPP), which the graceful close needs (handover_linux.go), and
+// portal clients do not speak MPTCP.
 func listenConfig(reusePort, tcp bool) *net.ListenConfig {
 	lc := &net.ListenConfig{KeepAlive: -1} // accepted sockets inherit the listener's
+	lc.SetMultipathTCP(false)
 	lc.Control = func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {

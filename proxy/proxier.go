@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -210,10 +211,18 @@ func (p *Proxier) UpdateEndpoints(eps map[svc.PortName][]svc.Endpoint) {
 	}
 }
 
-// Shutdown stops accepting (closes every listener; UDP sessions end), lets
+// closeSettle is how long a listener keeps accepting at shutdown after its
+// SYN filter is attached: handshakes in flight complete and the accept queue
+// empties before close(2), which would reset them. Clients on the node
+// complete a handshake in microseconds; remote NodePort clients get 100ms.
+const closeSettle = 100 * time.Millisecond
+
+// Shutdown stops accepting without resetting a client that already sent its
+// SYN (see handover_linux.go), closes every listener (UDP sessions end), lets
 // established TCP connections drain until ctx is done, then closes those
 // left and waits for every goroutine of the Proxier. Portal rules are left in
-// place. It returns an error naming the connections it had to cut.
+// place. It logs how many connections drained and how many it cut, and
+// returns an error naming the cut ones.
 func (p *Proxier) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closing {
@@ -221,12 +230,20 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	p.closing = true
-	for _, ps := range p.ports {
-		if ps.lst != nil {
-			p.closeListenerLocked(ps, "shutdown")
-		}
-	}
+	settling := p.stopAcceptingLocked()
 	p.mu.Unlock()
+	if len(settling) > 0 {
+		sleepCtx(ctx, closeSettle)
+		p.mu.Lock()
+		for _, ps := range settling {
+			if ps.lst != nil {
+				p.closeListenerLocked(ps, "shutdown")
+			}
+		}
+		p.mu.Unlock()
+	}
+	start := mono()
+	open := p.handlers.Load()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for p.handlers.Load() > 0 && ctx.Err() == nil {
@@ -240,10 +257,52 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 	p.conns.closeAll()
 	p.wg.Wait()
 	p.reserve.close()
+	p.log.Info().Int64("open", open).Int64("drained", max(open-left, 0)).Int64("cut", left).
+		Dur("took", time.Duration(mono()-start)).Msg("connections at shutdown: drained, cut when the grace ended")
 	if left > 0 {
 		return fmt.Errorf("shutdown: closed %d connections still open when draining ended: %w", left, ctx.Err())
 	}
 	return nil
+}
+
+// stopAcceptingLocked starts closing every listener without resetting a
+// client: a TCP port whose every listener shares its port with another
+// instance while tcp_migrate_req is on is closed at once (the kernel moves
+// its queue to the other instance), and so are UDP ports; the other TCP
+// ports get the SYN filter and are returned, to be closed after
+// closeSettle. Callers hold p.mu.
+func (p *Proxier) stopAcceptingLocked() []*portState {
+	migrate := migrateReqOn()
+	var counts map[uint16]int
+	if migrate {
+		counts = tcpListenerCounts()
+	}
+	var settling []*portState
+	for _, ps := range p.ports {
+		l := ps.lst
+		if l == nil {
+			continue
+		}
+		if len(l.tcp) == 0 || p.cfg.NoGracefulClose {
+			p.closeListenerLocked(ps, "shutdown")
+			continue
+		}
+		shared := migrate
+		for _, ln := range l.tcp {
+			shared = shared && counts[ln.Addr().(*net.TCPAddr).AddrPort().Port()] > 1
+		}
+		if shared {
+			p.closeListenerLocked(ps, "shutdown; the kernel moves its queue to the other instance")
+			continue
+		}
+		for _, ln := range l.tcp {
+			if err := refuseSYNs(ln); err != nil {
+				ps.log.Warn().Err(err).Msg("cannot filter SYNs before closing; queued connections may be reset")
+			}
+		}
+		settling = append(settling, ps)
+	}
+	return settling
 }
 
 // connTable holds the established relays.

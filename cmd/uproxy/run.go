@@ -294,6 +294,7 @@ func newPortalProgrammer(ctx context.Context, opts *options, nodeIPs []netip.Add
 			icfg.NodePortAddresses = append(icfg.NodePortAddresses, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
+	setupHandover(opts, &icfg, pcfg, log)
 	prog, err := iptables.New(icfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)
