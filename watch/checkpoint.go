@@ -45,8 +45,11 @@ const checkpointInterval = time.Second
 
 // Checkpoint is the state a previous run served.
 type Checkpoint struct {
-	Node    string    `json:"node"`    // the node it was written on (Options.NodeName)
-	Written time.Time `json:"written"` // when it was written
+	Node string `json:"node"` // the node it was written on (Options.NodeName)
+	// ServiceProxyName is the writer's Options.ServiceProxyName: it decides
+	// which Services were proxied (beside kube-proxy or instead of it).
+	ServiceProxyName string    `json:"serviceProxyName,omitempty"`
+	Written          time.Time `json:"written"` // when it was written
 	// NodeIPs are the Node object's addresses (NodeInfo.Addresses) when it
 	// was written: start-up uses them when the Node is not known yet.
 	NodeIPs []netip.Addr     `json:"nodeIPs,omitempty"`
@@ -70,10 +73,11 @@ type checkpointFile struct {
 // not exist: a first start, not a problem.
 var ErrNoCheckpoint = errors.New("no checkpoint")
 
-// LoadCheckpoint reads and validates the checkpoint at path for node. Any
-// error means the file must be ignored; errors.Is(err, ErrNoCheckpoint)
-// when there is none.
-func LoadCheckpoint(path, node string) (*Checkpoint, error) {
+// LoadCheckpoint reads the checkpoint at opts.CheckpointPath and validates
+// it for opts (NodeName, ServiceProxyName). Any error means the file must be
+// ignored; errors.Is(err, ErrNoCheckpoint) when there is none.
+func LoadCheckpoint(opts Options) (*Checkpoint, error) {
+	path := opts.CheckpointPath
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w at %s", ErrNoCheckpoint, path)
@@ -81,7 +85,7 @@ func LoadCheckpoint(path, node string) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
-	c, err := decodeCheckpoint(b, node)
+	c, err := decodeCheckpoint(b, opts.NodeName, opts.ServiceProxyName)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
@@ -106,8 +110,9 @@ func encodeCheckpoint(c *Checkpoint) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// decodeCheckpoint parses and validates a file's bytes for node.
-func decodeCheckpoint(b []byte, node string) (*Checkpoint, error) {
+// decodeCheckpoint parses and validates a file's bytes for node and
+// proxyName (--service-proxy-name).
+func decodeCheckpoint(b []byte, node, proxyName string) (*Checkpoint, error) {
 	var f checkpointFile
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("not a checkpoint: %w", err)
@@ -124,6 +129,9 @@ func decodeCheckpoint(b []byte, node string) (*Checkpoint, error) {
 	}
 	if c.Node != node {
 		return nil, fmt.Errorf("written on node %q, this is node %q", c.Node, node)
+	}
+	if c.ServiceProxyName != proxyName {
+		return nil, fmt.Errorf("written for --service-proxy-name %q, this uproxy has %q", c.ServiceProxyName, proxyName)
 	}
 	if err := c.validate(); err != nil {
 		return nil, err

@@ -102,7 +102,8 @@ func (r *Runner) snapshot(now time.Time) *Checkpoint {
 			eps[pn] = l
 		}
 	}
-	c := &Checkpoint{Node: r.opts.NodeName, Written: now, NodeIPs: r.t.Node().Addresses, Ports: make([]CheckpointPort, len(r.ckPorts))}
+	c := &Checkpoint{Node: r.opts.NodeName, ServiceProxyName: r.opts.ServiceProxyName, Written: now,
+		NodeIPs: r.t.Node().Addresses, Ports: make([]CheckpointPort, len(r.ckPorts))}
 	for i, p := range r.ckPorts {
 		c.Ports[i] = CheckpointPort{Port: p, Endpoints: eps[p.Name]}
 	}

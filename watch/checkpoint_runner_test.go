@@ -142,7 +142,7 @@ func TestRunnerStartsFromCheckpoint(t *testing.T) {
 			// The next checkpoint holds the API's state.
 			deadline := time.Now().Add(waitDeadline)
 			for {
-				c, err := LoadCheckpoint(opts.CheckpointPath, "node-1")
+				c, err := LoadCheckpoint(opts)
 				if err == nil {
 					var names []string
 					got := map[string][]string{}

@@ -51,12 +51,13 @@ func TestCheckpointRoundTrip(t *testing.T) {
 		"no services":                       func(c *Checkpoint) { c.Ports = nil },
 		"port without endpoints":            func(c *Checkpoint) { c.Ports[1].Endpoints = nil },
 		"no node IPs":                       func(c *Checkpoint) { c.NodeIPs = nil },
+		"beside kube-proxy":                 func(c *Checkpoint) { c.ServiceProxyName = "uproxy" },
 	}
 	for name, mod := range tests {
 		t.Run(name, func(t *testing.T) {
 			want := testCheckpoint()
 			mod(want)
-			got, err := LoadCheckpoint(writeCheckpoint(t, want), "node-1")
+			got, err := LoadCheckpoint(Options{CheckpointPath: writeCheckpoint(t, want), NodeName: "node-1", ServiceProxyName: want.ServiceProxyName})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,9 +86,10 @@ func TestCheckpointRejected(t *testing.T) {
 		return b
 	}
 	tests := map[string]struct {
-		data []byte
-		node string
-		want string // in the error
+		data      []byte
+		node      string
+		proxyName string // --service-proxy-name of the reader
+		want      string // in the error
 	}{
 		"empty file":         {data: nil, want: "not a checkpoint"},
 		"garbage":            {data: []byte("\x00\x01not json"), want: "not a checkpoint"},
@@ -97,6 +99,7 @@ func TestCheckpointRejected(t *testing.T) {
 		"wrong version":      {data: bytes.Replace(good, []byte(`{"version":1,`), []byte(`{"version":2,`), 1), want: "format version 2"},
 		"no version":         {data: bytes.Replace(good, []byte(`{"version":1,`), []byte(`{`), 1), want: "format version 0"},
 		"wrong node":         {data: good, node: "node-2", want: `written on node "node-1", this is node "node-2"`},
+		"other proxy name":   {data: good, proxyName: "uproxy", want: `written for --service-proxy-name "", this uproxy has "uproxy"`},
 		"port 0":             {data: encode(func(c *Checkpoint) { c.Ports[0].Port.Port = 0 }), want: "port 0"},
 		"bad protocol":       {data: encode(func(c *Checkpoint) { c.Ports[0].Port.Protocol = "SCTP" }), want: "protocol"},
 		"no service name":    {data: encode(func(c *Checkpoint) { c.Ports[0].Port.Name.Name = "" }), want: "no service name"},
@@ -118,7 +121,7 @@ func TestCheckpointRejected(t *testing.T) {
 			if node == "" {
 				node = "node-1"
 			}
-			c, err := LoadCheckpoint(path, node)
+			c, err := LoadCheckpoint(Options{CheckpointPath: path, NodeName: node, ServiceProxyName: tc.proxyName})
 			if err == nil {
 				t.Fatalf("loaded %+v, want an error", c)
 			}
@@ -128,7 +131,7 @@ func TestCheckpointRejected(t *testing.T) {
 		})
 	}
 	t.Run("missing file", func(t *testing.T) {
-		_, err := LoadCheckpoint(filepath.Join(t.TempDir(), "state.json"), "node-1")
+		_, err := LoadCheckpoint(Options{CheckpointPath: filepath.Join(t.TempDir(), "state.json"), NodeName: "node-1"})
 		if !errors.Is(err, ErrNoCheckpoint) {
 			t.Fatalf("error %v, want ErrNoCheckpoint", err)
 		}
@@ -221,6 +224,35 @@ func TestWriteFileAtomic(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 			t.Fatalf("temporary files left: %v", ents)
+		}
+	})
+}
+
+// FuzzDecodeCheckpoint: any bytes are rejected or accepted without a panic,
+// and an accepted checkpoint encodes to one that decodes the same.
+func FuzzDecodeCheckpoint(f *testing.F) {
+	good, err := encodeCheckpoint(testCheckpoint())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"checksum":"","state":{}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeCheckpoint(b, "node-1", "")
+		if err != nil {
+			return
+		}
+		again, err := encodeCheckpoint(c)
+		if err != nil {
+			t.Fatalf("accepted checkpoint does not encode: %v", err)
+		}
+		c2, err := decodeCheckpoint(again, "node-1", "")
+		if err != nil {
+			t.Fatalf("re-encoded checkpoint rejected: %v", err)
+		}
+		if !reflect.DeepEqual(c, c2) {
+			t.Fatalf("round trip changed it:\n%+v\n%+v", c, c2)
 		}
 	})
 }

@@ -10,11 +10,12 @@ import (
 )
 
 // loadCheckpoint reads the state checkpoint of a previous run on this node
-// (--checkpoint-path). A missing, corrupt, foreign or outdated file is
-// logged and ignored: start-up then waits for the API server as without a
-// checkpoint. It is never fatal.
-func loadCheckpoint(path, node string, log zerolog.Logger) *watch.Checkpoint {
-	c, err := watch.LoadCheckpoint(path, node)
+// (wopts.CheckpointPath) with the same --service-proxy-name. A missing,
+// corrupt, foreign or outdated file is logged and ignored: start-up then
+// waits for the API server as without a checkpoint. It is never fatal.
+func loadCheckpoint(wopts watch.Options, log zerolog.Logger) *watch.Checkpoint {
+	path := wopts.CheckpointPath
+	c, err := watch.LoadCheckpoint(wopts)
 	switch {
 	case errors.Is(err, watch.ErrNoCheckpoint):
 		log.Info().Str("path", path).Msg("no state checkpoint yet; services are served once the API server answers")

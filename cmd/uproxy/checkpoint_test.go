@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/uproxy/uproxy/watch"
 )
 
 // TestLoadCheckpointNeverFatal: whatever is at the path, start-up goes on
@@ -29,7 +31,7 @@ func TestLoadCheckpointNeverFatal(t *testing.T) {
 				}
 			}
 			var b strings.Builder
-			if c := loadCheckpoint(path, "node-1", zerolog.New(&b)); c != nil {
+			if c := loadCheckpoint(watch.Options{CheckpointPath: path, NodeName: "node-1"}, zerolog.New(&b)); c != nil {
 				t.Fatalf("loaded %+v", c)
 			}
 			if !strings.Contains(b.String(), tc.wantLog) {

@@ -64,7 +64,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	var checkpoint *watch.Checkpoint // the last run's state, served until the API's arrives
 	if opts.CheckpointPath != "" && opts.Manifests == "" {
 		wopts.CheckpointPath = opts.CheckpointPath
-		checkpoint = loadCheckpoint(opts.CheckpointPath, name, log)
+		checkpoint = loadCheckpoint(wopts, log)
 	}
 
 	// HTTP first: /livez answers while start-up waits for the API server.

@@ -73,7 +73,7 @@ func restartAPIDown(t *testing.T, w *world, name, path string) {
 	if path != "" {
 		// The checkpoint holds both services and the echo endpoints.
 		if err := bed.Poll(w.ctx, 100*time.Millisecond, func() (bool, error) {
-			c, err := watch.LoadCheckpoint(path, bed.NodeName)
+			c, err := watch.LoadCheckpoint(watch.Options{CheckpointPath: path, NodeName: bed.NodeName})
 			if err != nil {
 				return false, nil
 			}
