@@ -239,3 +239,50 @@ func TestRunnerCheckpointRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointWriter: the writer keeps only the latest snapshot, writes
+// what is pending when the runner stops it, and counts a failed write
+// without ever failing the runner.
+func TestCheckpointWriter(t *testing.T) {
+	tests := map[string]struct {
+		missingDir bool
+		wantOK     float64
+		wantErr    float64
+	}{
+		"writes the last offered snapshot on stop": {wantOK: 1},
+		"missing directory: counted, not fatal":    {missingDir: true, wantErr: 1},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tc.missingDir {
+				dir = filepath.Join(dir, "absent")
+			}
+			path := filepath.Join(dir, "state.json")
+			m := newMetrics(NewTracker(Options{}, testLogger(t)))
+			w := newCheckpointWriter(path, m, testLogger(t))
+			first, last := testCheckpoint(), testCheckpoint()
+			last.Ports = last.Ports[:1]
+			// Offered before the writer runs: the second replaces the first.
+			w.offer(first)
+			w.offer(last)
+			go w.run()
+			close(w.stop)
+			<-w.done
+			ok, bad := testutil.ToFloat64(m.checkpointWrites.WithLabelValues("ok")), testutil.ToFloat64(m.checkpointWrites.WithLabelValues("error"))
+			if ok != tc.wantOK || bad != tc.wantErr {
+				t.Fatalf("writes ok=%v error=%v, want %v, %v", ok, bad, tc.wantOK, tc.wantErr)
+			}
+			if tc.missingDir {
+				return
+			}
+			got, err := LoadCheckpoint(Options{CheckpointPath: path, NodeName: "node-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Ports) != 1 {
+				t.Fatalf("file has %d ports, want the last snapshot's 1", len(got.Ports))
+			}
+		})
+	}
+}
