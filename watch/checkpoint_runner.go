@@ -51,7 +51,9 @@ func (r *Runner) serveCheckpoint(ctx context.Context, c *Checkpoint) {
 
 // dropCheckpoint, after the first full pass, removes the endpoint sets the
 // checkpoint gave the sink for Services the source does not have (the
-// others were replaced by apply, which diffed against them).
+// others were replaced by apply, which diffed against them). The snapshot
+// that pass offered already leaves them out: it pairs endpoint sets with
+// the source's ports.
 func (r *Runner) dropCheckpoint() {
 	if !r.fromCheckpoint {
 		return
