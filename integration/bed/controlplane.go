@@ -113,7 +113,9 @@ func (b *Bed) StartAPIServer() error {
 		"--enable-priority-and-fairness=false", "--profiling=false", "--endpoint-reconciler-type", "lease",
 		// kubectl logs/exec reach the kubelet by its node IP (no DNS in the
 		// node namespace).
-		"--kubelet-preferred-address-types", "InternalIP")
+		"--kubelet-preferred-address-types", "InternalIP",
+		// As kubeadm: kube-proxy's DaemonSet runs privileged.
+		"--allow-privileged=true")
 	if err != nil {
 		return err
 	}

@@ -13,10 +13,11 @@ import (
 // besides the control plane is what users of the README's guide have, and
 // what uproxy's DaemonSet relies on.
 
-// kubeadmProxyConfigMap is kube-system/kube-proxy as kubeadm writes it: a
-// kubeconfig naming the API server's real address, authenticating with the
-// pod's own service-account token. uproxy's DaemonSet mounts it, so uproxy
-// never needs a Service (its own portal) to reach the API server.
+// kubeadmProxyConfigMap is kube-system/kube-proxy as kubeadm writes it:
+// config.conf (kube-proxy's KubeProxyConfiguration) and a kubeconfig naming
+// the API server's real address, authenticating with the pod's own
+// service-account token. uproxy's DaemonSet mounts it, so uproxy never needs
+// a Service (its own portal) to reach the API server.
 func kubeadmProxyConfigMap() string {
 	return `apiVersion: v1
 kind: ConfigMap
@@ -26,6 +27,40 @@ metadata:
   labels:
     app: kube-proxy
 data:
+  config.conf: |-
+    apiVersion: kubeproxy.config.k8s.io/v1alpha1
+    kind: KubeProxyConfiguration
+    bindAddress: 0.0.0.0
+    bindAddressHardFail: false
+    clientConnection:
+      acceptContentTypes: ""
+      burst: 0
+      contentType: ""
+      kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+      qps: 0
+    clusterCIDR: 10.244.0.0/16
+    configSyncPeriod: 0s
+    conntrack:
+      maxPerCore: null
+      min: null
+      tcpCloseWaitTimeout: null
+      tcpEstablishedTimeout: null
+    detectLocalMode: ""
+    enableProfiling: false
+    healthzBindAddress: ""
+    hostnameOverride: ""
+    iptables:
+      localhostNodePorts: null
+      masqueradeAll: false
+      masqueradeBit: null
+      minSyncPeriod: 0s
+      syncPeriod: 0s
+    metricsBindAddress: ""
+    mode: ""
+    nodePortAddresses: null
+    oomScoreAdj: null
+    portRange: ""
+    showHiddenMetricsForVersion: ""
   kubeconfig.conf: |-
     apiVersion: v1
     kind: Config
