@@ -1,12 +1,12 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
+	"encoding/binary"
+	"errors"
 	"net"
 	"os"
-	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,8 +23,9 @@ import (
 //   - Otherwise (a sequential restart): attach a socket filter that drops
 //     new SYNs (the clients retransmit a second later, when the portal's
 //     SYN finds no listener it is dropped by UPROXY-PORT-WAIT, and the next
-//     instance takes it), keep accepting for closeSettle so the queue
-//     empties and handshakes in flight complete, then close.
+//     instance takes it), keep accepting for closeSettle so handshakes in
+//     flight complete and until the accept queue is empty (a busy or
+//     starved process may take longer; at most closeSettleMax), then close.
 
 // synDropFilter is a classic BPF socket filter for a TCP listener: drop a
 // segment with SYN set, pass the rest (the final ACKs of handshakes in
@@ -61,30 +62,79 @@ func migrateReqOn() bool {
 }
 
 // tcpListenerCounts counts the listening TCP sockets per local port in this
-// network namespace (/proc/net/tcp and tcp6; a dual-stack socket is in tcp6
-// only).
-func tcpListenerCounts() map[uint16]int {
+// network namespace, asking sock_diag for listeners only: /proc/net/tcp
+// would walk every socket, TIME_WAIT included, and took seconds on the bed
+// under load.
+func tcpListenerCounts() (map[uint16]int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
 	out := map[uint16]int{}
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := listenersOf(fd, fam, out); err != nil {
+			return nil, err
 		}
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		for sc.Scan() {
-			fs := strings.Fields(sc.Text())
-			if len(fs) < 4 || fs[3] != "0A" { // TCP_LISTEN
-				continue
+	}
+	return out, nil
+}
+
+// listenersOf dumps one family's TCP listeners (inet_diag_req_v2 with
+// idiag_states = 1<<TCP_LISTEN) and counts them per port into out.
+func listenersOf(fd int, fam uint8, out map[uint16]int) error {
+	const (
+		hdrLen    = 16 // struct nlmsghdr
+		reqLen    = 56 // struct inet_diag_req_v2
+		tcpListen = 10
+	)
+	req := make([]byte, hdrLen+reqLen)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	req[hdrLen] = fam
+	req[hdrLen+1] = unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(req[hdrLen+4:], 1<<tcpListen)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return os.NewSyscallError("sendto", err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return os.NewSyscallError("recvfrom", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				return errors.New("sock_diag: error reply")
 			}
-			i := strings.LastIndexByte(fs[1], ':')
-			if i < 0 {
-				continue
-			}
-			port, err := strconv.ParseUint(fs[1][i+1:], 16, 16)
-			if err == nil {
-				out[uint16(port)]++
+			if len(m.Data) >= 6 { // family, state, timer, retrans, then the big-endian source port
+				out[binary.BigEndian.Uint16(m.Data[4:6])]++
 			}
 		}
 	}
-	return out
+}
+
+// acceptQueueLen returns how many connections wait in ln's accept queue
+// (TCP_INFO of a listener: tcpi_unacked is the queue length).
+func acceptQueueLen(ln *net.TCPListener) (int, bool) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || ierr != nil {
+		return 0, false
+	}
+	return int(info.Unacked), true
 }

@@ -215,7 +215,10 @@ func (p *Proxier) UpdateEndpoints(eps map[svc.PortName][]svc.Endpoint) {
 // SYN filter is attached: handshakes in flight complete and the accept queue
 // empties before close(2), which would reset them. Clients on the node
 // complete a handshake in microseconds; remote NodePort clients get 100ms.
-const closeSettle = 100 * time.Millisecond
+const (
+	closeSettle    = 100 * time.Millisecond
+	closeSettleMax = time.Second // then close even if connections still wait
+)
 
 // Shutdown stops accepting without resetting a client that already sent its
 // SYN (see handover_linux.go), closes every listener (UDP sessions end), lets
@@ -224,16 +227,25 @@ const closeSettle = 100 * time.Millisecond
 // place. It logs how many connections drained and how many it cut, and
 // returns an error naming the cut ones.
 func (p *Proxier) Shutdown(ctx context.Context) error {
+	// Read outside p.mu: which ports another instance shares (only
+	// needed when the kernel would migrate their queues to it).
+	var shared map[uint16]int
+	if migrateReqOn() {
+		var err error
+		if shared, err = tcpListenerCounts(); err != nil {
+			p.log.Warn().Err(err).Msg("cannot list listeners; closing every listener gracefully")
+		}
+	}
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
 		return nil
 	}
 	p.closing = true
-	settling := p.stopAcceptingLocked()
+	settling := p.stopAcceptingLocked(shared)
 	p.mu.Unlock()
 	if len(settling) > 0 {
-		sleepCtx(ctx, closeSettle)
+		p.settle(ctx, settling)
 		p.mu.Lock()
 		for _, ps := range settling {
 			if ps.lst != nil {
@@ -265,18 +277,42 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+// settle waits closeSettle, then until the accept queues of the settling
+// ports are empty, at most closeSettleMax in all or until ctx ends.
+func (p *Proxier) settle(ctx context.Context, settling []*portState) {
+	start := mono()
+	if !sleepCtx(ctx, closeSettle) {
+		return
+	}
+	var lns []*net.TCPListener
+	p.mu.Lock()
+	for _, ps := range settling {
+		if ps.lst != nil {
+			lns = append(lns, ps.lst.tcp...)
+		}
+	}
+	p.mu.Unlock()
+	for time.Duration(mono()-start) < closeSettleMax {
+		waiting := 0
+		for _, ln := range lns {
+			if n, ok := acceptQueueLen(ln); ok {
+				waiting += n
+			}
+		}
+		if waiting == 0 || !sleepCtx(ctx, 5*time.Millisecond) {
+			return
+		}
+	}
+	p.log.Warn().Dur("waited", closeSettleMax).Msg("closing listeners with connections still in their accept queues")
+}
+
 // stopAcceptingLocked starts closing every listener without resetting a
 // client: a TCP port whose every listener shares its port with another
-// instance while tcp_migrate_req is on is closed at once (the kernel moves
-// its queue to the other instance), and so are UDP ports; the other TCP
-// ports get the SYN filter and are returned, to be closed after
-// closeSettle. Callers hold p.mu.
-func (p *Proxier) stopAcceptingLocked() []*portState {
-	migrate := migrateReqOn()
-	var counts map[uint16]int
-	if migrate {
-		counts = tcpListenerCounts()
-	}
+// instance (counts: listeners per port, nil unless tcp_migrate_req is on)
+// is closed at once (the kernel moves its queue to the other instance), and
+// so are UDP ports; the other TCP ports get the SYN filter and are
+// returned, to be closed after settle. Callers hold p.mu.
+func (p *Proxier) stopAcceptingLocked(counts map[uint16]int) []*portState {
 	var settling []*portState
 	for _, ps := range p.ports {
 		l := ps.lst
@@ -287,7 +323,7 @@ func (p *Proxier) stopAcceptingLocked() []*portState {
 			p.closeListenerLocked(ps, "shutdown")
 			continue
 		}
-		shared := migrate
+		shared := counts != nil
 		for _, ln := range l.tcp {
 			shared = shared && counts[ln.Addr().(*net.TCPAddr).AddrPort().Port()] > 1
 		}

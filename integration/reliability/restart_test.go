@@ -151,15 +151,22 @@ func testRestart(t *testing.T, c restartCase) {
 // startRestartUproxy starts uproxy with StartUproxy's command line (and env)
 // and waits for /healthz; unlike StartUproxy it may be SIGKILLed. Cleanup
 // stops it (SIGTERM, then SIGKILL) if it still runs.
-func startRestartUproxy(t *testing.T, w *world, env []string) *bed.Proc {
+func startRestartUproxy(t *testing.T, w *world, env []string, args ...string) *bed.Proc {
+	p, _ := startUproxyProc(t, w, true, env, args...)
+	return p
+}
+
+// startUproxyProc is startRestartUproxy that returns the log path too and
+// waits for /healthz only when wait is set (a second instance shares it).
+func startUproxyProc(t *testing.T, w *world, wait bool, env []string, args ...string) (*bed.Proc, string) {
 	t.Helper()
 	bin, _ := bed.UproxyBinary()
-	argv := []string{bin,
+	argv := append([]string{bin,
 		"--kubeconfig", w.b.ProxyKubeconfig, "--hostname-override", bed.NodeName,
 		"--iptables-sync-period", "30s", "--iptables-min-sync-period", "100ms",
 		"--healthz-bind-address", bed.HealthzAddr, "--metrics-bind-address", bed.MetricsAddr,
 		"--portal-mode", "iptables", "--log-level", "info", "--shutdown-grace", "5s",
-	}
+	}, args...)
 	logPath := filepath.Join(w.b.Dir, fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 	p, err := bed.StartProc(w.b.Node, "uproxy", logPath, env, argv...)
 	if err != nil {
@@ -171,6 +178,9 @@ func startRestartUproxy(t *testing.T, w *world, env []string) *bed.Proc {
 			t.Logf("uproxy log tail (%s):\n%s", logPath, p.Tail(40))
 		}
 	})
+	if !wait {
+		return p, logPath
+	}
 	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
 	defer cancel()
 	if err := bed.Poll(ctx, 20*time.Millisecond, func() (bool, error) {
@@ -182,7 +192,7 @@ func startRestartUproxy(t *testing.T, w *world, env []string) *bed.Proc {
 	}); err != nil {
 		t.Fatalf("uproxy not healthy: %v\n%s", err, p.Tail(40))
 	}
-	return p
+	return p, logPath
 }
 
 // waitExit returns a channel closed when p has exited.
@@ -198,60 +208,6 @@ func waitExit(p *bed.Proc) <-chan struct{} {
 		}
 	}()
 	return done
-}
-
-// TestOverlappingInstances runs a second uproxy next to the first (a
-// DaemonSet surge): it takes the same proxy ports (read back from the rules)
-// with SO_REUSEPORT, then the first gets SIGTERM. A curl loop across it all
-// sees zero failures.
-func TestOverlappingInstances(t *testing.T) {
-	w := newWorld(t, "rel-overlap", 4*time.Minute)
-	e := w.deployEcho("echo", 2)
-	u1 := w.b.StartUproxy(t, bed.UproxyOptions{})
-	w.waitServed(e)
-	st, err := w.portStatus(e, "http")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := st.ProxyPort
-
-	loop := w.client.StartLoop(w.ctx, bed.LoopOptions{URL: e.url(), Workers: 4, MaxTime: 5 * time.Second})
-	w.sleep(time.Second)
-	// NoWait: /healthz is shared with the first instance, so it proves
-	// nothing about the second; wait for its listener on the same port.
-	u2 := w.b.StartUproxy(t, bed.UproxyOptions{NoWait: true})
-	startedAt := time.Now()
-	var holders string
-	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
-	defer cancel()
-	if err := bed.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
-		if done, werr := u2.Proc.Exited(); done {
-			return false, fmt.Errorf("second uproxy exited: %v\n%s", werr, u2.Proc.Tail(20))
-		}
-		holders = listeners(w, port)
-		return strings.Contains(holders, fmt.Sprintf("pid=%d,", u1.Proc.Pid())) &&
-			strings.Contains(holders, fmt.Sprintf("pid=%d,", u2.Proc.Pid())), nil
-	}); err != nil {
-		t.Fatalf("second uproxy never listened on proxy port %d next to the first (listeners: %s): %v", port, holders, err)
-	}
-	bothAt := time.Now()
-	w.sleep(2 * time.Second) // both serve
-	termAt := time.Now()
-	exitErr, killed := u1.Proc.Stop(10 * time.Second)
-	w.sleep(3 * time.Second) // the second alone
-	s := loop.Stop()
-	alone := listeners(w, port)
-	summary("overlap", "second instance listening on proxy port %d after %v; first TERM→exit %v; loop %v; after: %s",
-		port, bothAt.Sub(startedAt).Round(time.Millisecond), time.Since(termAt).Round(time.Millisecond)-3*time.Second, s, alone)
-	if exitErr != nil || killed {
-		t.Errorf("first uproxy on SIGTERM: err=%v killed=%v", exitErr, killed)
-	}
-	if s.Failures != 0 {
-		t.Errorf("%d requests failed across the overlap:\n%s", s.Failures, s.FailureDetail())
-	}
-	if !strings.Contains(alone, fmt.Sprintf("pid=%d,", u2.Proc.Pid())) {
-		t.Errorf("the second uproxy does not hold proxy port %d after the first left: %s", port, alone)
-	}
 }
 
 // listeners returns `ss -Htlnp sport = :port` in the node namespace.
