@@ -46,6 +46,13 @@
 // skip the read unless the last one is older than CheckPeriod, so tampering
 // is repaired within one period even while services churn.
 //
+// # Two instances
+//
+// While two uproxy instances overlap (a DaemonSet surge) only the newest
+// writes rules: TakeOwnership (owner.go) hands the rules over through an
+// abstract unix socket, and the older instance's syncs only record what
+// they would write, until it exits (or the newer one goes away first).
+//
 // What it does not do: it opens no sockets for the portals (proxy/ listens),
 // it never flushes rules at start-up (a restarted uproxy re-reads its proxy
 // ports first, see InstalledProxyPorts), and it never touches tables or

@@ -50,6 +50,10 @@ type Config struct {
 	// restarting) is dropped, so the client retransmits, instead of being
 	// reset (see portWaitRules). Zero: UPROXY-PORT-WAIT stays empty.
 	WaitPorts PortSpan
+	// OwnerSocket is the abstract unix socket ("@name") through which
+	// overlapping instances agree that the newest writes the rules (see
+	// TakeOwnership). "" = every instance writes.
+	OwnerSocket string
 	// CheckPeriod bounds how long tampering (rules or jumps deleted or
 	// changed by someone else) can go unnoticed. A sync that changes
 	// nothing re-reads the installed rules when the last read is older than
@@ -74,7 +78,7 @@ type Programmer struct {
 	m           *metrics
 	checkPeriod time.Duration
 
-	// mu guards fams, udp, udpSeed, pendingCT, conflicts and warnedTargets: SyncPortals (the sync
+	// mu guards fams, udp, udpSeed, pendingCT, conflicts, warnedTargets, yielded and desired: SyncPortals (the sync
 	// loop) and InstalledProxyPorts (start-up) may run on different
 	// goroutines; each call holds mu for its whole duration.
 	mu        sync.Mutex
@@ -85,6 +89,11 @@ type Programmer struct {
 	conflicts [2]string
 	// warnedTargets: the missing-target warning was logged for a family.
 	warnedTargets [2]bool
+	// yielded: a newer instance writes the rules; syncs only record
+	// desired (see TakeOwnership).
+	yielded bool
+	desired []svc.Portal   // the last SyncPortals' portals
+	ownerWG sync.WaitGroup // the TakeOwnership goroutine
 }
 
 var _ svc.PortalSyncer = (*Programmer)(nil)
@@ -172,6 +181,10 @@ func (p *Programmer) Collectors() []prometheus.Collector { return p.m.collectors
 func (p *Programmer) SyncPortals(ctx context.Context, portals []svc.Portal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.desired = slices.Clone(portals)
+	if p.yielded {
+		return nil
+	}
 	err := p.syncLocked(ctx, portals)
 	if err != nil {
 		p.m.syncFailures.Inc()

@@ -16,9 +16,15 @@ import (
 // testDisableEnv names parts of the restart handover to switch off, comma
 // separated, so that the bed tests can show what each one is for:
 // port-wait (UPROXY-PORT-WAIT stays empty), graceful-close (listeners close
-// at once at shutdown), migrate-req (tcp_migrate_req is left alone). Not a
-// flag: nobody should run with them off.
+// at once at shutdown), migrate-req (tcp_migrate_req is left alone),
+// rule-owner (every instance writes portal rules). Not a flag: nobody should
+// run with them off.
 const testDisableEnv = "UPROXY_TEST_DISABLE"
+
+// ownerSocket is the abstract unix socket (in the node's network namespace,
+// which DaemonSet pods with hostNetwork share) on which the instance that
+// writes the portal rules listens.
+const ownerSocket = "@uproxy/portal-rules"
 
 func handoverDisabled(part string) bool {
 	return slices.Contains(strings.Split(os.Getenv(testDisableEnv), ","), part)
@@ -34,9 +40,14 @@ func handoverDisabled(part string) bool {
 //   - net.ipv4.tcp_migrate_req=1 in the node's network namespace, so a
 //     listener closed while a surging instance shares its port hands its
 //     accept queue over instead of resetting it;
-//   - the proxier's graceful listener close (on unless switched off).
+//   - the proxier's graceful listener close (on unless switched off);
+//   - one writer of the portal rules while two instances overlap: the
+//     newest (iptables.Programmer.TakeOwnership on ownerSocket).
 func setupHandover(opts *options, icfg *iptables.Config, pcfg *proxy.Config, log zerolog.Logger) {
 	pcfg.NoGracefulClose = handoverDisabled("graceful-close")
+	if !handoverDisabled("rule-owner") {
+		icfg.OwnerSocket = ownerSocket
+	}
 	if !handoverDisabled("port-wait") {
 		span, err := waitPorts(opts.ProxyPortRange)
 		if err != nil {

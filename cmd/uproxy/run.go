@@ -299,6 +299,9 @@ func newPortalProgrammer(ctx context.Context, opts *options, nodeIPs []netip.Add
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)
 	}
+	if err := prog.TakeOwnership(ctx); err != nil {
+		log.Warn().Err(err).Msg("writing portal rules without agreeing with another uproxy instance on who writes them")
+	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ports, err := prog.InstalledProxyPorts(rctx)
