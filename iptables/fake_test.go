@@ -21,6 +21,8 @@ type fakeRunner struct {
 	deletes    []string // deleteRule/deleteChain calls
 	detectErr  [2]error
 	restoreErr error // when set, restore fails without applying
+	// refuse: a restore whose input contains it fails (a missing match).
+	refuse string
 }
 
 type fakeCall struct {
@@ -77,6 +79,9 @@ func (r *fakeRunner) restore(_ context.Context, f family, input []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.restores = append(r.restores, fakeCall{f, string(input)})
+	if r.refuse != "" && strings.Contains(string(input), r.refuse) {
+		return errors.New("fake iptables-restore: line 1 failed: No such file or directory")
+	}
 	if r.restoreErr != nil {
 		return r.restoreErr
 	}

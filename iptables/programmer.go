@@ -108,6 +108,8 @@ type famState struct {
 	model    ruleSet
 	lastRead time.Time
 	cache    renderCache
+	// noPortWait: the kernel refused the UPROXY-PORT-WAIT rules.
+	noPortWait bool
 }
 
 // New detects the iptables tools (iptables, ip6tables and their -restore and
@@ -212,11 +214,30 @@ func (p *Programmer) syncLocked(ctx context.Context, portals []svc.Portal) error
 			p.log.Warn().Stringer("family", st.f).Bool("fromPods", ok).Bool("fromNode", t.host.IsValid()).
 				Msg("some portal traffic of this family cannot be redirected: no bind address or node IP of the family; those rules are left out")
 		}
+		if st.noPortWait {
+			t.wait = PortSpan{}
+		}
 		res := render(st.f, t, portals, st.cache)
 		st.cache = res.cache
 		normalize(res.set)
 		p.noteConflicts(st.f, res.conflicts)
-		if err := p.syncFamily(ctx, st, res.set); err != nil {
+		err := p.syncFamily(ctx, st, res.set)
+		if err != nil && len(res.set.rules[chainPortWait]) > 0 {
+			// A kernel without xt_socket refuses the UPROXY-PORT-WAIT
+			// rules, and with them the whole batch: the portal rules
+			// matter more. Retry without; keep them off if that works.
+			t.wait = PortSpan{}
+			res = render(st.f, t, portals, st.cache)
+			st.cache = res.cache
+			normalize(res.set)
+			if err2 := p.syncFamily(ctx, st, res.set); err2 == nil {
+				st.noPortWait = true
+				p.log.Warn().Stringer("family", st.f).AnErr("cause", err).
+					Msg("UPROXY-PORT-WAIT rules refused (no xt_socket?); left out: connections arriving while uproxy restarts will be reset")
+				err = nil
+			}
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s portal rules: %w", st.f, err))
 		}
 		if st.known {

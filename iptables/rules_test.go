@@ -184,3 +184,23 @@ func TestPortWaitRules(t *testing.T) {
 		t.Errorf("after repair:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestPortWaitRefused: a kernel that refuses -m socket gets the portal rules
+// without UPROXY-PORT-WAIT, instead of no rules at all.
+func TestPortWaitRefused(t *testing.T) {
+	cfg := baseConfig()
+	cfg.WaitPorts = PortSpan{First: 30000, Last: 32767}
+	p, r, _ := newTestProgrammer(t, cfg)
+	r.refuse = "-m socket"
+	if err := p.SyncPortals(context.Background(), []svc.Portal{web(30001)}); err != nil {
+		t.Fatalf("SyncPortals: %v", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := r.state[v4].chains[tableNAT][chainPortalsContainer]; len(got) != 1 {
+		t.Errorf("portal rules: %q", got)
+	}
+	if got := r.state[v4].chains[tableMangle][chainPortWait]; len(got) != 0 {
+		t.Errorf("UPROXY-PORT-WAIT: %q", got)
+	}
+}
