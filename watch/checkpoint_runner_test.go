@@ -135,8 +135,14 @@ func TestRunnerStartsFromCheckpoint(t *testing.T) {
 			sink.waitFor(t, "the API's state", func(s *recordSink) bool {
 				return slices.Equal(portNames(s.ports), tc.wantPorts) && mapsEqual(epAddrs(s.eps), tc.wantEPs)
 			})
-			if v := testutil.ToFloat64(runner.m.checkpointServing); v != 0 {
-				t.Fatalf("uproxy_checkpoint_serving %v after the API's state", v)
+			// The gauge drops when the runner has applied the API's first
+			// full pass, which may be after the sink saw matching ports
+			// (when the API's ports equal the checkpoint's).
+			for deadline := time.Now().Add(waitDeadline); testutil.ToFloat64(runner.m.checkpointServing) != 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("uproxy_checkpoint_serving %v after the API's state", testutil.ToFloat64(runner.m.checkpointServing))
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
 
 			// The next checkpoint holds the API's state.
