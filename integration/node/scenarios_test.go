@@ -140,6 +140,7 @@ func TestUproxyRolloutAndKill(t *testing.T) {
 	})
 	cur := w.uproxyPod()
 	summary("uproxy-rollout", "%v (rollout %v, pod %s -> %s)", s, took.Round(time.Millisecond), old, cur)
+	t.Logf("failures during the rollout:\n%s", s.FailureDetail())
 	if cur == old {
 		t.Errorf("the uproxy pod was not replaced (%s)", cur)
 	}
@@ -158,6 +159,7 @@ func TestUproxyRolloutAndKill(t *testing.T) {
 		w.uproxyPod()
 	})
 	summary("uproxy-kill", "%v (restarts %d -> %d)", s, before, w.restarts(cur))
+	t.Logf("failures while uproxy restarted:\n%s", s.FailureDetail())
 }
 
 // TestLookAtIt follows the README's "Look at it" steps on the node: logs,
