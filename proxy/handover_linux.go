@@ -125,15 +125,8 @@ func listenersOf(fd int, fam uint8, out map[uint16]int) error {
 // acceptQueueLen returns how many connections wait in ln's accept queue
 // (TCP_INFO of a listener: tcpi_unacked is the queue length).
 func acceptQueueLen(ln *net.TCPListener) (int, bool) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var info *unix.TCPInfo
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil || ierr != nil {
+	info, ok := tcpInfo(ln)
+	if !ok {
 		return 0, false
 	}
 	return int(info.Unacked), true

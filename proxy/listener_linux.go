@@ -81,18 +81,28 @@ func itoa(p uint16) string {
 // tcpi_last_data_recv, millisecond resolution); ok is false when it cannot
 // be read (closed socket).
 func lastDataRecv(c *net.TCPConn) (d time.Duration, ok bool) {
+	info, ok := tcpInfo(c)
+	if !ok {
+		return 0, false
+	}
+	return time.Duration(info.Last_data_recv) * time.Millisecond, true
+}
+
+// tcpInfo reads TCP_INFO of a TCP socket (a connection or a listener); ok is
+// false when it cannot be read (closed socket).
+func tcpInfo(c syscall.Conn) (*unix.TCPInfo, bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return 0, false
+		return nil, false
 	}
 	var info *unix.TCPInfo
 	var ierr error
 	if err := rc.Control(func(fd uintptr) {
 		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	}); err != nil || ierr != nil {
-		return 0, false
+		return nil, false
 	}
-	return time.Duration(info.Last_data_recv) * time.Millisecond, true
+	return info, true
 }
 
 func netipUnmap(a netip.AddrPort) netip.AddrPort {

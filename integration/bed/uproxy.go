@@ -61,18 +61,12 @@ func UproxyBinary() (string, bool) {
 	return p, err == nil && !st.IsDir()
 }
 
-// StartUproxy runs uproxy in the node namespace and waits for /healthz. In
-// t.Cleanup it is stopped with SIGTERM (it must exit 0 within 10 s); on test
-// failure its log tail is printed. Its iptables rules live only in the node
-// namespace and go away with it.
-func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
-	t.Helper()
-	if o.Binary == "" {
-		var ok bool
-		if o.Binary, ok = UproxyBinary(); !ok {
-			skipOrFatal(t, "uproxy binary %s missing: run `make build`", o.Binary)
-		}
-	}
+// UproxyArgs returns the command line (without the binary) StartUproxy runs
+// for o: the bed's kubeconfig and node name, o's periods, portal mode and log
+// level (defaults 30s, 100ms, iptables, info), the bed's healthz and metrics
+// addresses, a 5s shutdown grace, then o.Args. Tests that start uproxy
+// themselves (to SIGKILL it, or to run two at once) use it too.
+func (b *Bed) UproxyArgs(o UproxyOptions) []string {
 	if o.PortalMode == "" {
 		o.PortalMode = "iptables"
 	}
@@ -89,12 +83,27 @@ func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
 	if o.Admin {
 		kc = b.AdminKubeconfig
 	}
-	args := append([]string{
+	return append([]string{
 		"--kubeconfig", kc, "--hostname-override", NodeName,
 		"--iptables-sync-period", o.SyncPeriod.String(), "--iptables-min-sync-period", o.MinSyncPeriod.String(),
 		"--healthz-bind-address", HealthzAddr, "--metrics-bind-address", MetricsAddr,
 		"--portal-mode", o.PortalMode, "--log-level", o.LogLevel, "--shutdown-grace", "5s",
 	}, o.Args...)
+}
+
+// StartUproxy runs uproxy in the node namespace and waits for /healthz. In
+// t.Cleanup it is stopped with SIGTERM (it must exit 0 within 10 s); on test
+// failure its log tail is printed. Its iptables rules live only in the node
+// namespace and go away with it.
+func (b *Bed) StartUproxy(t testing.TB, o UproxyOptions) *Uproxy {
+	t.Helper()
+	if o.Binary == "" {
+		var ok bool
+		if o.Binary, ok = UproxyBinary(); !ok {
+			skipOrFatal(t, "uproxy binary %s missing: run `make build`", o.Binary)
+		}
+	}
+	args := b.UproxyArgs(o)
 	// In the bed directory, which Main keeps when a test failed.
 	logPath := b.path(fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 	p, err := StartProc(b.Node, "uproxy", logPath, o.Env, append([]string{o.Binary}, args...)...)

@@ -256,12 +256,7 @@ func firstAnswer(w *world, e echoService, since, deadline time.Time) time.Durati
 func startKillableUproxy(t *testing.T, w *world, args ...string) *bed.Proc {
 	t.Helper()
 	bin, _ := bed.UproxyBinary()
-	argv := append([]string{bin,
-		"--kubeconfig", w.b.ProxyKubeconfig, "--hostname-override", bed.NodeName,
-		"--iptables-sync-period", "30s", "--iptables-min-sync-period", "100ms",
-		"--healthz-bind-address", bed.HealthzAddr, "--metrics-bind-address", bed.MetricsAddr,
-		"--portal-mode", "iptables", "--log-level", "info", "--shutdown-grace", "5s",
-	}, args...)
+	argv := append([]string{bin}, w.b.UproxyArgs(bed.UproxyOptions{Args: args})...)
 	logPath := filepath.Join(w.b.Dir, fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 	p, err := bed.StartProc(w.b.Node, "uproxy", logPath, nil, argv...)
 	if err != nil {

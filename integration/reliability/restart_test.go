@@ -162,12 +162,7 @@ func startRestartUproxy(t *testing.T, w *world, env []string, args ...string) *b
 func startUproxyProc(t *testing.T, w *world, wait bool, env []string, args ...string) (*bed.Proc, string) {
 	t.Helper()
 	bin, _ := bed.UproxyBinary()
-	argv := append([]string{bin,
-		"--kubeconfig", w.b.ProxyKubeconfig, "--hostname-override", bed.NodeName,
-		"--iptables-sync-period", "30s", "--iptables-min-sync-period", "100ms",
-		"--healthz-bind-address", bed.HealthzAddr, "--metrics-bind-address", bed.MetricsAddr,
-		"--portal-mode", "iptables", "--log-level", "info", "--shutdown-grace", "5s",
-	}, args...)
+	argv := append([]string{bin}, w.b.UproxyArgs(bed.UproxyOptions{Args: args})...)
 	logPath := filepath.Join(w.b.Dir, fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 	p, err := bed.StartProc(w.b.Node, "uproxy", logPath, env, argv...)
 	if err != nil {
