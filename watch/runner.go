@@ -18,10 +18,12 @@ import (
 
 // Runner is the one loop that applies the Tracker's changes to a svc.Sink:
 // endpoint changes at once through UpdateEndpoints, port changes through
-// SyncPorts at most every MinSyncPeriod, a full SyncPorts at least every
-// SyncPeriod, and a failed SyncPorts retried with exponential backoff
-// (from max(MinSyncPeriod, 1s), capped at SyncPeriod). Endpoints are always
-// handed to the sink before the SyncPorts that adds their port.
+// SyncPorts rate-limited as kube-proxy's BoundedFrequencyRunner does (a
+// token bucket of syncBurst tokens refilled one per MinSyncPeriod: two
+// back-to-back changes apply at once, a third waits), a full SyncPorts at
+// least every SyncPeriod, and a failed SyncPorts retried with exponential
+// backoff (from max(MinSyncPeriod, 1s), capped at SyncPeriod). Endpoints are
+// always handed to the sink before the SyncPorts that adds their port.
 type Runner struct {
 	t     *Tracker
 	sink  svc.Sink
@@ -40,6 +42,7 @@ type Runner struct {
 	portList    []svc.Port                         // sorted full list; nil after a port change
 	dirty       map[types.NamespacedName]time.Time // ports changed since the last good SyncPorts
 	lastSyncEnd time.Time
+	syncFullAt  time.Time // the rate limit's bucket is full from then on (syncAllowedAt)
 	failures    int
 	retryAt     time.Time
 
@@ -306,13 +309,34 @@ func (r *Runner) sortedSlices(nn types.NamespacedName) []*sliceInfo {
 	return out
 }
 
+// syncBurst is how many SyncPorts may run back to back before
+// MinSyncPeriod applies: kube-proxy's burstSyncs (pkg/proxy/iptables), so a
+// change right after another is applied at once and only sustained churn
+// waits.
+const syncBurst = 2
+
+// syncAllowedAt is when the rate limit next has a token: a bucket of
+// syncBurst tokens refilled one per MinSyncPeriod, kept as the time it is
+// full again (the "theoretical arrival time" of GCRA), which needs no
+// fractional tokens.
+func (r *Runner) syncAllowedAt() time.Time {
+	return r.syncFullAt.Add(-(syncBurst - 1) * r.opts.MinSyncPeriod)
+}
+
+// takeSyncToken spends a token for a SyncPorts starting at now.
+func (r *Runner) takeSyncToken(now time.Time) {
+	if r.syncFullAt.Before(now) {
+		r.syncFullAt = now
+	}
+	r.syncFullAt = r.syncFullAt.Add(r.opts.MinSyncPeriod)
+}
+
 // syncDue reports whether SyncPorts should run now.
 func (r *Runner) syncDue(now time.Time) bool {
 	if r.failures > 0 {
 		return !now.Before(r.retryAt)
 	}
-	since := now.Sub(r.lastSyncEnd)
-	return (len(r.dirty) > 0 && since >= r.opts.MinSyncPeriod) || since >= r.opts.SyncPeriod
+	return (len(r.dirty) > 0 && !now.Before(r.syncAllowedAt())) || now.Sub(r.lastSyncEnd) >= r.opts.SyncPeriod
 }
 
 // nextDelay is how long the loop may sleep before SyncPorts is due.
@@ -322,7 +346,9 @@ func (r *Runner) nextDelay(now time.Time) time.Duration {
 	case r.failures > 0:
 		at = r.retryAt
 	case len(r.dirty) > 0:
-		at = r.lastSyncEnd.Add(r.opts.MinSyncPeriod)
+		if allowed := r.syncAllowedAt(); allowed.Before(at) {
+			at = allowed
+		}
 	}
 	if due := r.checkpointDue(); !due.IsZero() && due.Before(at) {
 		at = due
@@ -346,6 +372,7 @@ func (r *Runner) syncPorts(ctx context.Context) {
 		r.ckPorts, r.ckDirty = r.portList, true
 	}
 	start := r.clock.Now()
+	r.takeSyncToken(start)
 	err := r.sink.SyncPorts(ctx, r.portList)
 	end := r.clock.Now()
 	r.lastSyncEnd = end

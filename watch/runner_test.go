@@ -55,11 +55,14 @@ func TestRunnerRateLimit(t *testing.T) {
 		t.Fatalf("idle delay %v, want the sync period", d)
 	}
 
+	// The first sync spent one of the two tokens: the next change is
+	// applied at once, the one after it waits for the min interval.
 	l.tr.OnServiceAdd(service("ns", "a"))
 	l.r.pass(l.ctx, false)
+	l.expect(t, "a change right after the first sync", 2, 0)
 	l.tr.OnServiceAdd(service("ns", "b", withClusterIPs("10.96.0.11")))
 	l.r.pass(l.ctx, false)
-	l.expect(t, "two service changes within the min interval", 1, 0)
+	l.expect(t, "a third sync within the min interval", 2, 0)
 	if d := l.r.nextDelay(l.clk.Now()); d != time.Second {
 		t.Fatalf("delay with a queued rule change %v, want the min sync period", d)
 	}
@@ -70,15 +73,15 @@ func TestRunnerRateLimit(t *testing.T) {
 	// Endpoints are not rate limited, even while a rule change waits.
 	l.tr.OnEndpointSliceAdd(slice("ns", "a-1", "a", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1")))
 	l.r.pass(l.ctx, false)
-	l.expect(t, "endpoint change", 1, 1)
+	l.expect(t, "endpoint change", 2, 1)
 
 	l.clk.Step(999 * time.Millisecond)
 	l.r.pass(l.ctx, false)
-	l.expect(t, "before the min interval", 1, 1)
+	l.expect(t, "before the min interval", 2, 1)
 
 	l.clk.Step(time.Millisecond)
 	l.r.pass(l.ctx, false)
-	l.expect(t, "at the min interval", 2, 1)
+	l.expect(t, "at the min interval", 3, 1)
 	ports, _, _, _ := l.sink.snapshot()
 	if len(ports) != 2 {
 		t.Fatalf("coalesced sync has %d ports, want 2", len(ports))
@@ -92,15 +95,15 @@ func TestRunnerRateLimit(t *testing.T) {
 		l.tr.OnEndpointSliceUpdate(nil, slice("ns", "a-1", "a", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1"), ep("10.244.1."+string(rune('1'+i)))))
 		l.r.pass(l.ctx, false)
 	}
-	l.expect(t, "endpoint-only changes", 2, 6)
+	l.expect(t, "endpoint-only changes", 3, 6)
 
 	// Nothing changes: a full resync once per SyncPeriod.
 	l.clk.Step(29 * time.Second)
 	l.r.pass(l.ctx, false)
-	l.expect(t, "before the sync period", 2, 6)
+	l.expect(t, "before the sync period", 3, 6)
 	l.clk.Step(time.Second)
 	l.r.pass(l.ctx, false)
-	l.expect(t, "periodic full sync", 3, 6)
+	l.expect(t, "periodic full sync", 4, 6)
 }
 
 func TestRunnerRetryBackoff(t *testing.T) {
@@ -170,9 +173,9 @@ func TestRunnerNodeFamilies(t *testing.T) {
 	}
 }
 
-// TestRunnerLoopTimer runs the real loop with a fake clock: a queued rule
-// change is applied when the clock reaches the min interval, with no other
-// wake-up.
+// TestRunnerLoopTimer runs the real loop with a fake clock: a rule change
+// right after the first sync is applied at once (burst), the next one when
+// the clock reaches the min interval, with no other wake-up.
 func TestRunnerLoopTimer(t *testing.T) {
 	opts := Options{MinSyncPeriod: 5 * time.Second, SyncPeriod: time.Hour}
 	l := newSteppedLoop(t, opts)
@@ -192,16 +195,20 @@ func TestRunnerLoopTimer(t *testing.T) {
 	l.sink.waitFor(t, "first sync", func(s *recordSink) bool { return s.syncCalls == 1 })
 	l.tr.OnServiceAdd(service("ns", "web"))
 	l.tr.OnEndpointSliceAdd(slice("ns", "web-1", "web", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1")))
-	l.sink.waitFor(t, "endpoints before ports", func(s *recordSink) bool { return len(s.eps) == 1 })
-	if _, _, syncs, _ := l.sink.snapshot(); syncs != 1 {
-		t.Fatalf("rule change applied before the min interval (%d syncs)", syncs)
+	l.sink.waitFor(t, "burst sync", func(s *recordSink) bool { return len(s.eps) == 1 && s.syncCalls == 2 })
+	l.tr.OnServiceAdd(service("ns", "db", withClusterIPs("10.96.0.11")))
+	// No observable event says the loop has seen db's change; give it time
+	// to (wrongly) sync it.
+	time.Sleep(50 * time.Millisecond)
+	if _, _, syncs, _ := l.sink.snapshot(); syncs != 2 {
+		t.Fatalf("third rule change applied before the min interval (%d syncs)", syncs)
 	}
 	l.clk.Step(5 * time.Second)
 	// The loop may still be finishing the endpoint pass when the clock
 	// moves; it then arms its timer for "now", which a zero step fires.
 	deadline := time.Now().Add(waitDeadline)
 	for {
-		if _, _, syncs, _ := l.sink.snapshot(); syncs == 2 {
+		if _, _, syncs, _ := l.sink.snapshot(); syncs == 3 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -210,7 +217,7 @@ func TestRunnerLoopTimer(t *testing.T) {
 		time.Sleep(time.Millisecond)
 		l.clk.Step(0)
 	}
-	if ports, _, _, _ := l.sink.snapshot(); len(ports) != 1 {
+	if ports, _, _, _ := l.sink.snapshot(); len(ports) != 2 {
 		t.Fatalf("ports after the timed sync: %+v", ports)
 	}
 }
