@@ -24,3 +24,8 @@ type Health struct {
 	UnreachableSince time.Time
 	UnreachableErr   string
 }
+
+// Node returns what the tracker knows about this node, including the
+// cluster autoscaler's taint (NodeInfo.ToBeDeleted) that Health does not
+// carry. Safe for concurrent use.
+func (r *Runner) Node() NodeInfo { return r.t.Node() }

@@ -79,10 +79,13 @@ type NodeInfo struct {
 	Zone      string // label topology.kubernetes.io/zone
 	// Deleting is true once the Node has a deletionTimestamp or is gone.
 	Deleting bool
+	// ToBeDeleted is true while the Node has the cluster autoscaler's
+	// ToBeDeletedByClusterAutoscaler taint (kube-proxy: not eligible).
+	ToBeDeleted bool
 }
 
 func (n NodeInfo) equal(o NodeInfo) bool {
-	if n.Name != o.Name || n.Zone != o.Zone || n.Deleting != o.Deleting || len(n.Addresses) != len(o.Addresses) {
+	if n.Name != o.Name || n.Zone != o.Zone || n.Deleting != o.Deleting || n.ToBeDeleted != o.ToBeDeleted || len(n.Addresses) != len(o.Addresses) {
 		return false
 	}
 	for i := range n.Addresses {

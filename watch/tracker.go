@@ -238,11 +238,26 @@ func (t *Tracker) OnNodeUpdate(_, cur *v1.Node) { t.updateNode(cur, false) }
 // OnNodeDelete records that this node is gone (reported as Deleting).
 func (t *Tracker) OnNodeDelete(n *v1.Node) { t.updateNode(n, true) }
 
+// ToBeDeletedTaint is the taint the cluster autoscaler puts on a Node it is
+// about to remove; kube-proxy's /healthz then reports nodeEligible false
+// (pkg/proxy/healthcheck ToBeDeletedTaint).
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+func hasToBeDeletedTaint(n *v1.Node) bool {
+	for _, taint := range n.Spec.Taints {
+		if taint.Key == ToBeDeletedTaint {
+			return true
+		}
+	}
+	return false
+}
+
 func (t *Tracker) updateNode(n *v1.Node, deleted bool) {
 	if n == nil || n.Name != t.opts.NodeName {
 		return
 	}
 	ni := nodeInfo(n)
+	ni.ToBeDeleted = hasToBeDeletedTaint(n)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if deleted {

@@ -74,6 +74,10 @@ type options struct {
 	UDPMaxSessions   int
 	ShutdownGrace    time.Duration
 	DisableEjection  bool
+
+	// HealthzRequireAPIServer makes /healthz 503 while the API server has
+	// not answered for 2 x SyncPeriod (off: kube-proxy's semantics).
+	HealthzRequireAPIServer bool
 }
 
 // errHelp is returned by parseFlags for --help; main prints the usage and
@@ -110,6 +114,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 
 	fs.StringVar(&raw.manifests, "manifests", "", "Run without a cluster: read Services and EndpointSlices from this YAML/JSON file or directory (multi-document, as kubectl accepts) and re-apply it when it changes. Excludes --kubeconfig and --master.")
 	fs.StringVar(&raw.healthSocket, "health-socket", "", "Also serve /healthz and /livez on this unix socket (e.g. /run/uproxy/health.sock in a pod-private emptyDir), for exec probes ('uproxy probe --socket PATH'): only this process answers there, unlike the node-wide healthz port. A stale socket file left by a dead process is replaced. Empty: off.")
+	fs.BoolVar(&raw.healthzRequireAPIServer, "healthz-require-apiserver", false, "If true, /healthz also answers 503 while the API server has not answered uproxy's /readyz probe for 2 x --iptables-sync-period (uproxy keeps serving the last known state meanwhile). Off by default, as kube-proxy: an API outage would turn every node unready at once for load balancers that probe /healthz; the outage is still shown in /healthz's \"apiServer\" field.")
 	fs.StringVar(&raw.checkpointPath, "checkpoint-path", watch.DefaultCheckpointPath, "State checkpoint: the last Services and endpoints applied are written here (atomically, at most once a second), and a restarted uproxy serves them at once while the API server's state has not arrived yet (the API's state then replaces them). Its directory must exist (the DaemonSet mounts /var/lib/uproxy from the host). Not used with --manifests. Empty: off.")
 	fs.StringVar(&raw.portalMode, "portal-mode", portalModeIPTables, "How traffic reaches the listeners: 'iptables' (portal rules redirect service IPs to proxy ports; needs CAP_NET_ADMIN) or 'direct' (no iptables; each service port listens on its portal IP:port itself; portals whose IP is not local are reported once and skipped).")
 	fs.StringVar(&raw.iptablesBackend, "iptables-backend", "", "Which iptables to run: '' (whatever 'iptables' is in the image), 'nft' (iptables-nft*) or 'legacy' (iptables-legacy*). Must match what the node's other iptables users (kubelet, CNI) use.")
@@ -133,6 +138,7 @@ type rawFlags struct {
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
 	iptablesBackend, healthSocket                                     string
 	checkpointPath                                                    string
+	healthzRequireAPIServer                                           bool
 	shutdownGrace                                                     time.Duration
 	config, writeConfigTo                                             string
 }
@@ -239,6 +245,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		return nil, fmt.Errorf("invalid --healthz-bind-address %q: %w", raw.healthzBindAddress, err)
 	}
 	o.HealthzBindAddress = raw.healthzBindAddress
+	o.HealthzRequireAPIServer = raw.healthzRequireAPIServer
 	if err := checkHostPort(raw.metricsBindAddress); err != nil {
 		return nil, fmt.Errorf("invalid --metrics-bind-address %q: %w", raw.metricsBindAddress, err)
 	}

@@ -121,6 +121,14 @@ func TestParseFlags(t *testing.T) {
 			args:  []string{"--bind-address-hard-fail"},
 			check: func(o *options) bool { return o.BindAddressHardFail },
 		},
+		"healthz require apiserver": {
+			args:  []string{"--healthz-require-apiserver"},
+			check: func(o *options) bool { return o.HealthzRequireAPIServer },
+		},
+		"healthz kube-proxy semantics by default": {
+			args:  nil,
+			check: func(o *options) bool { return !o.HealthzRequireAPIServer },
+		},
 		"health socket": {
 			args:  []string{"--health-socket=/run/uproxy/health.sock"},
 			check: func(o *options) bool { return o.HealthSocket == "/run/uproxy/health.sock" },

@@ -18,6 +18,7 @@ type syncState struct {
 	LastUpdated  time.Time // last successful apply
 	QueuedSince  time.Time // oldest change not applied yet; zero when none
 	NodeDeleting bool      // our Node has a deletionTimestamp or is gone
+	NodeTainted  bool      // our Node has the ToBeDeletedByClusterAutoscaler taint
 	NodeName     string
 
 	UnreachableSince time.Time // the API server stopped answering; zero while it answers
@@ -26,14 +27,16 @@ type syncState struct {
 
 // healthResponse is kube-proxy's /healthz and /livez body
 // (pkg/proxy/healthcheck/proxy_health.go ProxyHealth), without its per-family
-// "status" map (uproxy applies both families in one sync) and with a
-// "reason" when unhealthy.
+// "status" map (uproxy applies both families in one sync), with a "reason"
+// when unhealthy and, on /healthz, "apiServer" while the API server does not
+// answer (whether or not that fails the check).
 type healthResponse struct {
 	LastUpdated  time.Time `json:"lastUpdated"`
 	CurrentTime  time.Time `json:"currentTime"`
 	NodeEligible *bool     `json:"nodeEligible,omitempty"` // /healthz only, as kube-proxy
 	Healthy      bool      `json:"healthy"`
 	Reason       string    `json:"reason,omitempty"`
+	APIServer    string    `json:"apiServer,omitempty"`
 }
 
 // healthServer answers /healthz (readiness: is this node's proxy current
@@ -42,6 +45,11 @@ type healthServer struct {
 	state   func() syncState
 	timeout time.Duration // a queued change older than this is unhealthy: 2 x --iptables-sync-period
 	now     func() time.Time
+
+	// requireAPIServer (--healthz-require-apiserver) makes an API server
+	// unreachable for longer than timeout fail /healthz. Off, as
+	// kube-proxy: the outage is only reported in "apiServer".
+	requireAPIServer bool
 
 	shuttingDown atomic.Bool // set on SIGTERM: /healthz fails so load balancers stop sending
 
@@ -92,26 +100,40 @@ func (h *healthServer) live(s syncState, now time.Time) (bool, string) {
 	return true, ""
 }
 
+// serveHealthz answers kube-proxy's readiness check: 503 when a queued
+// change is stale (as /livez) or the node is not eligible (deleted, or
+// tainted ToBeDeletedByClusterAutoscaler: /healthz only, as kube-proxy's
+// healthzHandler; /livez ignores the node). uproxy adds 503s before the
+// first sync, during shutdown and, with --healthz-require-apiserver, while
+// the API server has not answered for longer than the timeout.
 func (h *healthServer) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	s, now := h.state(), h.now()
 	healthy, reason := h.live(s, now)
-	eligible := !s.NodeDeleting
+	eligible := !s.NodeDeleting && !s.NodeTainted
+	var apiServer string
+	unreachableFor := time.Duration(0)
+	if !s.UnreachableSince.IsZero() {
+		unreachableFor = now.Sub(s.UnreachableSince)
+		apiServer = fmt.Sprintf("unreachable for %s, serving the last known state: %s", unreachableFor.Round(time.Second), s.UnreachableErr)
+	}
 	switch {
 	case !healthy:
 	case !s.Synced:
 		healthy, reason = false, "waiting for the first sync"
-	case !s.UnreachableSince.IsZero() && now.Sub(s.UnreachableSince) >= h.timeout:
+	case h.requireAPIServer && apiServer != "" && unreachableFor >= h.timeout:
 		// Readiness only: /livez stays 200, a restart would lose the
 		// last known state that uproxy keeps serving.
-		healthy, reason = false, fmt.Sprintf("API server unreachable for %s (limit %s), serving the last known state: %s",
-			now.Sub(s.UnreachableSince).Round(time.Second), h.timeout, s.UnreachableErr)
-	case !eligible:
+		healthy, reason = false, fmt.Sprintf("API server unreachable for %s (limit %s, --healthz-require-apiserver), serving the last known state: %s",
+			unreachableFor.Round(time.Second), h.timeout, s.UnreachableErr)
+	case s.NodeDeleting:
 		healthy, reason = false, fmt.Sprintf("node %q is being deleted", s.NodeName)
+	case s.NodeTainted:
+		healthy, reason = false, fmt.Sprintf("node %q has the ToBeDeletedByClusterAutoscaler taint", s.NodeName)
 	case h.shuttingDown.Load():
 		healthy, reason = false, "shutting down"
 	}
 	h.write(w, h.healthzTotal, healthResponse{
-		LastUpdated: s.LastUpdated, CurrentTime: now, NodeEligible: &eligible, Healthy: healthy, Reason: reason,
+		LastUpdated: s.LastUpdated, CurrentTime: now, NodeEligible: &eligible, Healthy: healthy, Reason: reason, APIServer: apiServer,
 	})
 }
 

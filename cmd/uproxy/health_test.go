@@ -61,10 +61,12 @@ func TestHealthServer(t *testing.T) {
 	synced := syncState{Synced: true, LastUpdated: now.Add(-5 * time.Second), NodeName: "node-1"}
 	tests := map[string]struct {
 		state        syncState
+		requireAPI   bool // --healthz-require-apiserver
 		shuttingDown bool
 		healthz      int
 		livez        int
 		reason       string // substring of /healthz's reason
+		apiServer    string // /healthz's "apiServer"
 		eligible     bool
 	}{
 		"before first sync": {state: syncState{NodeName: "node-1"}, healthz: 503, livez: 200, reason: "waiting for the first sync", eligible: true},
@@ -85,13 +87,45 @@ func TestHealthServer(t *testing.T) {
 			state:   syncState{Synced: true, LastUpdated: now, NodeDeleting: true, NodeName: "node-1"},
 			healthz: 503, livez: 200, reason: `node "node-1" is being deleted`,
 		},
+		"node tainted ToBeDeletedByClusterAutoscaler": {
+			state:   syncState{Synced: true, LastUpdated: now, NodeTainted: true, NodeName: "node-1"},
+			healthz: 503, livez: 200, reason: `node "node-1" has the ToBeDeletedByClusterAutoscaler taint`,
+		},
+		"node tainted and stale": {
+			state:   syncState{Synced: true, LastUpdated: now.Add(-2 * time.Minute), QueuedSince: now.Add(-61 * time.Second), NodeTainted: true},
+			healthz: 503, livez: 503, reason: "a queued change has waited 1m1s",
+		},
 		"API server unreachable within the bound": {
 			state:   syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-59 * time.Second), UnreachableErr: "connection refused"},
 			healthz: 200, livez: 200, eligible: true,
+			apiServer: "unreachable for 59s, serving the last known state: connection refused",
 		},
-		"API server unreachable beyond the bound": {
-			state:   syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-61 * time.Second), UnreachableErr: "connection refused"},
-			healthz: 503, livez: 200, reason: "API server unreachable for 1m1s (limit 1m0s), serving the last known state: connection refused", eligible: true,
+		"API server unreachable beyond the bound, kube-proxy semantics": {
+			state:   syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-time.Hour), UnreachableErr: "connection refused"},
+			healthz: 200, livez: 200, eligible: true,
+			apiServer: "unreachable for 1h0m0s, serving the last known state: connection refused",
+		},
+		"API server unreachable and a stale queued change": {
+			state: syncState{Synced: true, LastUpdated: now.Add(-2 * time.Minute), QueuedSince: now.Add(-61 * time.Second),
+				UnreachableSince: now.Add(-2 * time.Minute), UnreachableErr: "connection refused"},
+			healthz: 503, livez: 503, reason: "a queued change has waited 1m1s", eligible: true,
+			apiServer: "unreachable for 2m0s",
+		},
+		"API server unreachable within the bound, require-apiserver": {
+			state:      syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-59 * time.Second), UnreachableErr: "connection refused"},
+			requireAPI: true, healthz: 200, livez: 200, eligible: true,
+			apiServer: "unreachable for 59s",
+		},
+		"API server unreachable beyond the bound, require-apiserver": {
+			state:      syncState{Synced: true, LastUpdated: now, UnreachableSince: now.Add(-61 * time.Second), UnreachableErr: "connection refused"},
+			requireAPI: true, healthz: 503, livez: 200, eligible: true,
+			reason:    "API server unreachable for 1m1s (limit 1m0s, --healthz-require-apiserver), serving the last known state: connection refused",
+			apiServer: "unreachable for 1m1s",
+		},
+		"API server answering, require-apiserver": {state: synced, requireAPI: true, healthz: 200, livez: 200, eligible: true},
+		"before first sync, API server unreachable": {
+			state:   syncState{NodeName: "node-1", UnreachableSince: now.Add(-time.Minute), UnreachableErr: "connection refused"},
+			healthz: 503, livez: 200, reason: "waiting for the first sync", eligible: true, apiServer: "unreachable for 1m0s",
 		},
 		"shutting down": {state: synced, shuttingDown: true, healthz: 503, livez: 200, reason: "shutting down", eligible: true},
 	}
@@ -99,6 +133,7 @@ func TestHealthServer(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newHealthServer(func() syncState { return tc.state }, 30*time.Second)
 			h.now = func() time.Time { return now }
+			h.requireAPIServer = tc.requireAPI
 			h.shuttingDown.Store(tc.shuttingDown)
 			base := startTestHTTP(t, "healthz", h.handler())
 
@@ -106,7 +141,14 @@ func TestHealthServer(t *testing.T) {
 			if code != tc.healthz || ctype != "application/json" {
 				t.Errorf("/healthz = %d %s, want %d application/json; body %s", code, ctype, tc.healthz, body)
 			}
-			m := decodeHealth(t, body, "lastUpdated", "currentTime", "nodeEligible", "healthy")
+			keys := []string{"lastUpdated", "currentTime", "nodeEligible", "healthy"}
+			if tc.apiServer != "" {
+				keys = append(keys, "apiServer")
+			}
+			m := decodeHealth(t, body, keys...)
+			if a, _ := m["apiServer"].(string); !strings.Contains(a, tc.apiServer) {
+				t.Errorf("apiServer = %q, want %q", a, tc.apiServer)
+			}
 			if m["healthy"] != (code == 200) || m["nodeEligible"] != tc.eligible {
 				t.Errorf("/healthz body %s: healthy/nodeEligible wrong", body)
 			}

@@ -36,6 +36,7 @@ func (l *lateBound) syncState() syncState {
 		LastUpdated:  h.LastUpdated,
 		QueuedSince:  h.QueuedSince,
 		NodeDeleting: h.NodeDeleting,
+		NodeTainted:  r.Node().ToBeDeleted,
 		NodeName:     h.NodeName,
 
 		UnreachableSince: h.UnreachableSince,

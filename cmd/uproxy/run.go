@@ -73,6 +73,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	// rule or listener exists.
 	var late lateBound
 	health := newHealthServer(late.syncState, opts.SyncPeriod)
+	health.requireAPIServer = opts.HealthzRequireAPIServer
 	srvMetrics := newServerMetrics()
 	reg, err := newRegistry(append(health.Collectors(), srvMetrics.Collectors()...)...)
 	if err != nil {
