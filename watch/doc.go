@@ -6,9 +6,10 @@
 // (previous, current) per Service and per EndpointSlice, then request a sync
 // through a 1-buffered channel. The Runner is the one goroutine that applies
 // recorded changes: endpoint-only changes go to svc.Sink.UpdateEndpoints at
-// once, service/port changes to svc.Sink.SyncPorts at most every
-// MinSyncPeriod, and a full SyncPorts runs at least every SyncPeriod so that
-// tampered rules are repaired.
+// once, service/port changes to svc.Sink.SyncPorts rate-limited like
+// kube-proxy's runner (two back to back, then one per MinSyncPeriod), and a
+// full SyncPorts runs at least every SyncPeriod so that tampered rules are
+// repaired.
 //
 // The Runner also keeps a state checkpoint (checkpoint.go): after changes it
 // hands a snapshot of what the sink was given to a writer goroutine, which

@@ -34,8 +34,9 @@ type Options struct {
 	// WITHOUT the service.kubernetes.io/service-proxy-name label; a name
 	// handles only Services labelled with exactly that name.
 	ServiceProxyName string
-	// MinSyncPeriod is the least time between two SyncPorts calls
-	// (--iptables-min-sync-period). 0 means no minimum; negative is 0.
+	// MinSyncPeriod paces SyncPorts calls (--iptables-min-sync-period): a
+	// token bucket of two, refilled one per MinSyncPeriod, as kube-proxy's.
+	// 0 means no limit; negative is 0.
 	MinSyncPeriod time.Duration
 	// SyncPeriod is the most time between two SyncPorts calls: a full
 	// resync that repairs rules (--iptables-sync-period). <= 0 means
