@@ -250,35 +250,11 @@ func firstAnswer(w *world, e echoService, since, deadline time.Time) time.Durati
 	return 0
 }
 
-// startKillableUproxy starts uproxy with StartUproxy's command line, for a
-// test that SIGKILLs it (StartUproxy's cleanup requires a clean SIGTERM
-// exit), and waits for /healthz. Cleanup kills it if it still runs.
+// startKillableUproxy starts uproxy for a test that SIGKILLs it
+// (StartUproxy's cleanup requires a clean SIGTERM exit) and waits for
+// /healthz; startUproxyProc's cleanup stops it if it still runs.
 func startKillableUproxy(t *testing.T, w *world, args ...string) *bed.Proc {
 	t.Helper()
-	bin, _ := bed.UproxyBinary()
-	argv := append([]string{bin}, w.b.UproxyArgs(bed.UproxyOptions{Args: args})...)
-	logPath := filepath.Join(w.b.Dir, fmt.Sprintf("uproxy-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
-	p, err := bed.StartProc(w.b.Node, "uproxy", logPath, nil, argv...)
-	if err != nil {
-		t.Fatalf("start uproxy: %v", err)
-	}
-	t.Logf("uproxy started: %s (log %s)", strings.Join(argv, " "), logPath)
-	t.Cleanup(func() {
-		p.Kill()
-		if t.Failed() {
-			t.Logf("killed uproxy's log tail (%s):\n%s", logPath, p.Tail(40))
-		}
-	})
-	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
-	defer cancel()
-	if err := bed.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
-		if done, werr := p.Exited(); done {
-			return false, fmt.Errorf("uproxy exited: %v", werr)
-		}
-		code, _, err := w.b.HTTPGet(ctx, "http://"+bed.HealthzAddr+"/healthz")
-		return err == nil && code == http.StatusOK, nil
-	}); err != nil {
-		t.Fatalf("uproxy not healthy: %v\n%s", err, p.Tail(40))
-	}
+	p, _ := startUproxyProc(t, w, true, nil, args...)
 	return p
 }
