@@ -1,6 +1,10 @@
 package iptables
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/uproxy/uproxy/svc"
+)
 
 // Chain names. We use legacy userspace kube-proxy's names on purpose: the rule
 // listing reads as people know it from the userspace mode, and --cleanup
@@ -124,6 +128,14 @@ func familyOf(a netip.Addr) family {
 		return v4
 	}
 	return v6
+}
+
+// svcFamily is f as svc names it.
+func (f family) svcFamily() svc.Family {
+	if f == v6 {
+		return svc.IPv6
+	}
+	return svc.IPv4
 }
 
 func (f family) bits() int {

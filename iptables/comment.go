@@ -10,7 +10,9 @@ import (
 // maxCommentLen is below xt_comment's limit of 256 bytes including the NUL.
 const maxCommentLen = 240
 
-// commentArg renders a port name as the quoted argument of --comment.
+// commentArg renders a port name as the quoted argument of --comment:
+// kube-proxy's "ns/name:port" without the family, which is the table's
+// (iptables or ip6tables; parsePortName's caller puts it back).
 //
 // Names come from the API server (validated DNS labels) or from manifest
 // files (not validated), so the text is sanitized, not escaped: every byte
@@ -19,7 +21,7 @@ const maxCommentLen = 240
 // restore line or add options: it stays one harmless token. The result is
 // exactly what iptables-save prints back, which the tamper check relies on.
 func commentArg(n svc.PortName) string {
-	return `"` + sanitizeComment(n.String()) + `"`
+	return `"` + sanitizeComment(n.KubeString()) + `"`
 }
 
 func sanitizeComment(s string) string {
@@ -39,7 +41,7 @@ func sanitizeComment(s string) string {
 }
 
 // parsePortName turns a comment back into a port name: "ns/name:port" or
-// "ns/name". Namespaces and names cannot contain '/' or ':' (DNS labels), so
+// "ns/name", of family IPv4 (the caller sets the family of the rule's table). Namespaces and names cannot contain '/' or ':' (DNS labels), so
 // the first '/' and the first ':' after it split it unambiguously.
 func parsePortName(c string) (svc.PortName, bool) {
 	ns, rest, ok := strings.Cut(c, "/")

@@ -31,7 +31,7 @@ func (n netlinkConntrack) deleteUDP(_ context.Context, flows []ctFlow) (uint, er
 		for _, f := range families {
 			var filters []netlink.CustomConntrackFilter
 			for _, fl := range flows {
-				if fl.addr.IsValid() && familyOf(fl.addr) != f {
+				if (fl.addr.IsValid() && familyOf(fl.addr) != f) || (!fl.addr.IsValid() && fl.fam != f) {
 					continue
 				}
 				cf := &netlink.ConntrackFilter{}

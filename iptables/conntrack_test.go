@@ -47,6 +47,49 @@ func TestUDPConntrackCleanup(t *testing.T) {
 	}
 }
 
+// TestUDPConntrackDualStackNodePort: a dual-stack UDP service has one proxy
+// port per family behind the same node port; a change of the IPv6 port's
+// proxy port flushes the IPv6 node port flows only ("[*]:"), and an
+// unchanged dual-stack service flushes nothing (the two families' node port
+// flows are not one key that each sync would see change).
+func TestUDPConntrackDualStackNodePort(t *testing.T) {
+	ctx := context.Background()
+	p, _, ct := newTestProgrammer(t, baseConfig())
+	dns4 := web(30053, func(p *svc.Port) {
+		p.Name.Name, p.Protocol, p.Port, p.NodePort = "dns", svc.UDP, 53, 30054
+	})
+	dns6 := web(30063, func(p *svc.Port) {
+		p.Name.Name, p.Protocol, p.Port, p.NodePort = "dns", svc.UDP, 53, 30054
+		p.Name.Family, p.ClusterIPs = svc.IPv6, addrs("fd00:96::53")
+	})
+	steps := []struct {
+		name    string
+		portals []svc.Portal
+		want    []string
+	}{
+		{"first sync deletes nothing", []svc.Portal{dns4, dns6}, nil},
+		{"same again deletes nothing", []svc.Portal{dns4, dns6}, nil},
+		{"IPv6 proxy port changes", []svc.Portal{dns4, withProxyPort(dns6, 30064)}, []string{"[*]:30054/udp", "[fd00:96::53]:53/udp"}},
+		{"IPv4 proxy port changes", []svc.Portal{withProxyPort(dns4, 30055), withProxyPort(dns6, 30064)}, []string{"*:30054/udp", "10.96.0.10:53/udp"}},
+	}
+	for _, s := range steps {
+		n := len(ct.calls)
+		if err := p.SyncPortals(ctx, s.portals); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		var got []string
+		for _, c := range ct.calls[n:] {
+			for _, f := range c {
+				got = append(got, f.String())
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, s.want) {
+			t.Errorf("%s: deleted %v, want %v", s.name, got, s.want)
+		}
+	}
+}
+
 func TestUDPConntrackFailureIsRetried(t *testing.T) {
 	ctx := context.Background()
 	p, _, ct := newTestProgrammer(t, baseConfig())

@@ -40,6 +40,7 @@ func (p *Programmer) InstalledProxyPorts(ctx context.Context) (map[svc.PortName]
 				if !ok {
 					continue
 				}
+				name.Family = st.f.svcFamily()
 				found = true
 				if old, dup := out[name]; dup && old != port {
 					p.log.Warn().Stringer("port", name).Uint16("kept", old).Uint16("other", port).Msg("installed rules name two proxy ports for one service port")
@@ -133,7 +134,11 @@ func udpPortals(portals []svc.Portal) map[ctFlow]uint16 {
 			}
 		}
 		if p.Port.NodePort != 0 {
-			out[ctFlow{port: p.Port.NodePort}] = p.ProxyPort
+			fam := v4
+			if p.Port.Name.Family == svc.IPv6 {
+				fam = v6
+			}
+			out[ctFlow{port: p.Port.NodePort, fam: fam}] = p.ProxyPort
 		}
 	}
 	return out
@@ -141,7 +146,7 @@ func udpPortals(portals []svc.Portal) map[ctFlow]uint16 {
 
 // installedUDP reads the UDP portals (address:port, and *:nodePort) and their
 // proxy ports from installed rules.
-func installedUDP(rs ruleSet) map[ctFlow]uint16 {
+func installedUDP(f family, rs ruleSet) map[ctFlow]uint16 {
 	out := map[ctFlow]uint16{}
 	for _, chain := range []string{chainPortalsContainer, chainNodePortContainer} {
 		for _, spec := range rs.rules[chain] {
@@ -154,8 +159,9 @@ func installedUDP(rs ruleSet) map[ctFlow]uint16 {
 			if !ok || err != nil {
 				continue
 			}
-			k := ctFlow{port: uint16(port)}
+			k := ctFlow{port: uint16(port), fam: f}
 			if chain == chainPortalsContainer {
+				k.fam = v4
 				pfx, err := netip.ParsePrefix(argAfter(args, "-d"))
 				if err != nil || !pfx.IsSingleIP() {
 					continue

@@ -295,8 +295,8 @@ func testRealIptables(t *testing.T, backend string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ports[portals[0].Port.Name]; got != ln.port || len(ports) != 1 {
-		t.Errorf("InstalledProxyPorts = %v, want default/web:http=%d", ports, ln.port)
+	if ports[portals[0].Port.Name] != ln.port || ports[portals[1].Port.Name] != ln.port || len(ports) != 2 {
+		t.Errorf("InstalledProxyPorts = %v, want default/web:http and its IPv6 twin = %d", ports, ln.port)
 	}
 	if err := p2.SyncPortals(ctx, portals); err != nil {
 		t.Fatal(err)
@@ -319,7 +319,9 @@ func testRealIptables(t *testing.T, backend string) {
 	}
 }
 
-// svcPortal is a dual-stack TCP service "default/web:http" for the real tests.
+// svcPortal is a dual-stack TCP service "default/web:http" for the real
+// tests: two portals, one per family as watch/ hands them over (the test's
+// one dual-stack listener serves both proxy ports' worth of traffic).
 type svcPortal struct {
 	v4, v6         string
 	port, nodePort uint16
@@ -330,10 +332,13 @@ type svcPortals []svcPortal
 func (ps svcPortals) build(proxyPort uint16) []svc.Portal {
 	var out []svc.Portal
 	for _, p := range ps {
-		out = append(out, web(proxyPort, func(sp *svc.Port) {
-			sp.ClusterIPs = addrs(p.v4, p.v6)
-			sp.Port, sp.NodePort = p.port, p.nodePort
-		}))
+		for _, ip := range []string{p.v4, p.v6} {
+			out = append(out, web(proxyPort, func(sp *svc.Port) {
+				sp.ClusterIPs = addrs(ip)
+				sp.Name.Family = svc.FamilyOf(sp.ClusterIPs[0])
+				sp.Port, sp.NodePort = p.port, p.nodePort
+			}))
+		}
 	}
 	return out
 }

@@ -312,7 +312,7 @@ func (p *Programmer) readInto(ctx context.Context, st *famState) (int, error) {
 		// First look at rules a previous run left: remember their UDP
 		// portals so that the first sync also flushes conntrack entries
 		// of portals that moved to another proxy port meanwhile.
-		for k, v := range installedUDP(actual) {
+		for k, v := range installedUDP(st.f, actual) {
 			p.udpSeed[k] = v
 		}
 	}

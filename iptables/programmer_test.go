@@ -321,6 +321,7 @@ func TestInstalledProxyPortsAfterRestart(t *testing.T) {
 			p.Name.Name = "dns"
 			p.Protocol = svc.UDP
 			p.ClusterIPs = addrs("fd00:96::53")
+			p.Name.Family = svc.IPv6
 		}),
 	}
 	if err := p.SyncPortals(ctx, portals); err != nil {
@@ -336,8 +337,8 @@ func TestInstalledProxyPortsAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[svc.PortName]uint16{
-		{Namespace: "default", Name: "web", Port: "http"}: 30001,
-		{Namespace: "default", Name: "dns"}:               30002,
+		{Namespace: "default", Name: "web", Port: "http"}:     30001,
+		{Namespace: "default", Name: "dns", Family: svc.IPv6}: 30002,
 	}
 	if len(got) != len(want) || got[portals[0].Port.Name] != 30001 || got[portals[1].Port.Name] != 30002 {
 		t.Fatalf("InstalledProxyPorts = %v, want %v", got, want)

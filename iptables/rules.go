@@ -106,6 +106,7 @@ func render(f family, t targets, portals []svc.Portal, cache renderCache) render
 		return cmp.Or(cmp.Compare(a.Port.Name.Namespace, b.Port.Name.Namespace),
 			cmp.Compare(a.Port.Name.Name, b.Port.Name.Name),
 			cmp.Compare(a.Port.Name.Port, b.Port.Name.Port),
+			cmp.Compare(a.Port.Name.Family, b.Port.Name.Family),
 			cmp.Compare(a.Port.Protocol, b.Port.Protocol))
 	})
 	r := renderResult{set: newRuleSet()}

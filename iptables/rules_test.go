@@ -105,6 +105,28 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
+		"dual-stack service, IPv4: each family's rules go to its own port's proxy port": {
+			portals: dualStackWeb(),
+			fam:     v4,
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
+		"dual-stack service, IPv6: each family's rules go to its own port's proxy port": {
+			portals: dualStackWeb(),
+			fam:     v6,
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30002`,
+				`-A KUBE-PORTALS-HOST -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination [fd00::1]:30002`,
+				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30002`,
+				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination [fd00::1]:30002`,
+				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30002 -m conntrack --ctstate NEW -j ACCEPT`,
+			},
+		},
 		"IPv6 portal with an IPv4 bind address: left out": {
 			cfg:     func(c *Config) { c.BindAddr = netip.MustParseAddr("10.0.0.5") },
 			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.ClusterIPs = addrs("fd00:96::10") })},
@@ -202,5 +224,17 @@ func TestPortWaitRefused(t *testing.T) {
 	}
 	if got := r.state[v4].chains[tableMangle][chainPortWait]; len(got) != 0 {
 		t.Errorf("UPROXY-PORT-WAIT: %q", got)
+	}
+}
+
+// dualStackWeb is a dual-stack service with a node port as watch/ hands it
+// over: one port per family, each with its own proxy port (30001 IPv4,
+// 30002 IPv6).
+func dualStackWeb() []svc.Portal {
+	return []svc.Portal{
+		web(30001, func(p *svc.Port) { p.NodePort = 30080 }),
+		web(30002, func(p *svc.Port) {
+			p.Name.Family, p.ClusterIPs, p.NodePort = svc.IPv6, addrs("fd00:96::10"), 30080
+		}),
 	}
 }

@@ -5,10 +5,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/uproxy/uproxy/svc"
 )
 
 // listenConfig returns the ListenConfig for a listener. A TCP listening
@@ -64,6 +67,33 @@ func listenAddr(ip netip.Addr, port uint16) string {
 	return netip.AddrPortFrom(ip, port).String()
 }
 
+// nodePortAddr is a direct-mode node port's listen address: BindAddr, or
+// when that is unspecified the any-address of the port's family only, so a
+// dual-stack service's two ports (one per family) can both listen and an
+// IPv6 client never reaches an IPv4-only service's endpoints.
+func nodePortAddr(bind netip.Addr, fam svc.Family, port uint16) string {
+	if bind.IsValid() && !bind.IsUnspecified() {
+		return listenAddr(bind, port)
+	}
+	if fam == svc.IPv6 {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), port).String()
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), port).String()
+}
+
+// network is "tcp"/"udp" with "4" or "6" appended for an explicit any-address
+// of one family (nodePortAddr): Go opens "[::]:p" dual-stack unless the
+// network says "6".
+func network(base, addr string) string {
+	switch {
+	case strings.HasPrefix(addr, "[::]:"):
+		return base + "6"
+	case strings.HasPrefix(addr, "0.0.0.0:"):
+		return base + "4"
+	}
+	return base
+}
+
 func itoa(p uint16) string {
 	var b [5]byte
 	i := len(b)
@@ -111,7 +141,7 @@ func netipUnmap(a netip.AddrPort) netip.AddrPort {
 
 // listenTCP and listenUDP open one listener.
 func listenTCP(ctx context.Context, reusePort bool, addr string) (*net.TCPListener, error) {
-	ln, err := listenConfig(reusePort, true).Listen(ctx, "tcp", addr)
+	ln, err := listenConfig(reusePort, true).Listen(ctx, network("tcp", addr), addr)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +149,7 @@ func listenTCP(ctx context.Context, reusePort bool, addr string) (*net.TCPListen
 }
 
 func listenUDP(ctx context.Context, reusePort bool, addr string) (*net.UDPConn, error) {
-	c, err := listenConfig(reusePort, false).ListenPacket(ctx, "udp", addr)
+	c, err := listenConfig(reusePort, false).ListenPacket(ctx, network("udp", addr), addr)
 	if err != nil {
 		return nil, err
 	}

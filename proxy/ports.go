@@ -48,7 +48,7 @@ func (p *Proxier) directAddrs(sp svc.Port) []string {
 		out = append(out, netip.AddrPortFrom(ip, sp.Port).String())
 	}
 	if sp.NodePort != 0 {
-		out = append(out, listenAddr(p.cfg.BindAddr, sp.NodePort))
+		out = append(out, nodePortAddr(p.cfg.BindAddr, sp.Name.Family, sp.NodePort))
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

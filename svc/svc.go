@@ -26,16 +26,60 @@ const (
 // does not set sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
 const DefaultAffinityTimeout = 10800 * time.Second
 
-// PortName identifies one port of one Service: namespace/name:port.
+// Family is an IP family. The zero value is IPv4, so single-stack IPv4
+// names read as they always did.
+type Family uint8
+
+// IP families.
+const (
+	IPv4 Family = iota
+	IPv6
+)
+
+// String is "IPv4" or "IPv6" (the API's IPFamily values).
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// FamilyOf returns the family of a (IPv4-mapped IPv6 counts as IPv4).
+func FamilyOf(a netip.Addr) Family {
+	if a.Is6() && !a.Is4In6() {
+		return IPv6
+	}
+	return IPv4
+}
+
+// PortName identifies one port of one Service in one IP family:
+// namespace/name:port. A dual-stack Service port is two ports, one per
+// family, as kube-proxy runs one proxier per family (its metaproxier): each
+// has its own listener, endpoints (EndpointSlices of its addressType only)
+// and portal rules, so IPv4 portal traffic never reaches an IPv6 pod and
+// the other way round.
 type PortName struct {
 	Namespace string
 	Name      string
 	Port      string // the Service port's name; "" for a single unnamed port
+	Family    Family // the family of its portal addresses and endpoints
 }
 
 // String renders the name as kube-proxy does: "ns/name:port", or "ns/name"
-// for an unnamed port.
+// for an unnamed port; an IPv6 port has " (IPv6)" appended so logs, metrics
+// and status tell the two families of a dual-stack port apart.
 func (n PortName) String() string {
+	s := n.KubeString()
+	if n.Family == IPv6 {
+		s += " (IPv6)"
+	}
+	return s
+}
+
+// KubeString is kube-proxy's rendering without the family: "ns/name:port",
+// or "ns/name" for an unnamed port. Portal rule comments use it (the family
+// is the rule's table's: iptables or ip6tables).
+func (n PortName) KubeString() string {
 	s := n.Namespace + "/" + n.Name
 	if n.Port != "" {
 		s += ":" + n.Port
@@ -53,7 +97,8 @@ type Affinity struct {
 type Port struct {
 	Name     PortName
 	Protocol Protocol
-	// ClusterIPs are the portal addresses (one per IP family the node runs).
+	// ClusterIPs are the portal addresses, all of family Name.Family (watch/
+	// splits a dual-stack Service port into one Port per family).
 	ClusterIPs []netip.Addr
 	Port       uint16 // the service port on the portal addresses
 	NodePort   uint16 // 0 when the service has none

@@ -28,29 +28,43 @@ func (s *serviceInfo) equal(o *serviceInfo) bool {
 	return slices.EqualFunc(s.ports, o.ports, svc.Port.Equal)
 }
 
-// forFamilies returns the ports with only the addresses of families f, or nil
-// when the service has no cluster IP in f. The result is freshly allocated.
+// forFamilies returns the service's ports for the node's families f: each
+// port once per family in f that the service has a cluster IP of (IPv4
+// first), holding only that family's cluster, external and load-balancer
+// IPs, with Name.Family set. This keeps families apart as kube-proxy's
+// metaproxier does: an IPv4 portal's endpoints (endpointsFor) are IPv4 pods
+// only, and an IPv6 external IP of an IPv4-only service is not portalled
+// (nothing of its family could serve it). nil when the service has no
+// cluster IP in f. The result is freshly allocated.
 func (s *serviceInfo) forFamilies(f families) []svc.Port {
 	if s == nil {
 		return nil
 	}
-	out := make([]svc.Port, 0, len(s.ports))
+	var out []svc.Port
 	for _, p := range s.ports {
-		p.ClusterIPs = filterAddrs(p.ClusterIPs, f)
-		if len(p.ClusterIPs) == 0 {
-			return nil
+		for _, fam := range []svc.Family{svc.IPv4, svc.IPv6} {
+			if !f.has(fam) {
+				continue
+			}
+			q := p
+			q.Name.Family = fam
+			q.ClusterIPs = filterAddrs(p.ClusterIPs, fam)
+			if len(q.ClusterIPs) == 0 {
+				continue
+			}
+			q.ExternalIPs = filterAddrs(p.ExternalIPs, fam)
+			q.LoadBalancerIPs = filterAddrs(p.LoadBalancerIPs, fam)
+			out = append(out, q)
 		}
-		p.ExternalIPs = filterAddrs(p.ExternalIPs, f)
-		p.LoadBalancerIPs = filterAddrs(p.LoadBalancerIPs, f)
-		out = append(out, p)
 	}
 	return out
 }
 
-func filterAddrs(in []netip.Addr, f families) []netip.Addr {
+// filterAddrs returns the addresses of family fam (nil when none).
+func filterAddrs(in []netip.Addr, fam svc.Family) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range in {
-		if f.allows(a) {
+		if svc.FamilyOf(a) == fam {
 			out = append(out, a)
 		}
 	}

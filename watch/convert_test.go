@@ -18,8 +18,13 @@ import (
 	"github.com/uproxy/uproxy/svc"
 )
 
+// port is a service port; its family is its first cluster IP's.
 func port(ns, name, portName string, proto svc.Protocol, p uint16, clusterIPs ...string) svc.Port {
-	return svc.Port{Name: pn(ns, name, portName), Protocol: proto, Port: p, ClusterIPs: addrs(clusterIPs...)}
+	sp := svc.Port{Name: pn(ns, name, portName), Protocol: proto, Port: p, ClusterIPs: addrs(clusterIPs...)}
+	if len(sp.ClusterIPs) > 0 {
+		sp.Name.Family = svc.FamilyOf(sp.ClusterIPs[0])
+	}
+	return sp
 }
 
 func httpPort(ns, name string) svc.Port { return port(ns, name, "http", svc.TCP, 80, "10.96.0.10") }
@@ -154,22 +159,64 @@ func TestConversion(t *testing.T) {
 				slice("ns", "web-v4", "web", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1")),
 			},
 			wantPorts: []svc.Port{port("ns", "web", "http", svc.TCP, 80, "fd00:96::10")},
-			wantEPs: map[svc.PortName][]svc.Endpoint{pn("ns", "web", "http"): {
+			wantEPs: map[svc.PortName][]svc.Endpoint{pn6("ns", "web", "http"): {
 				readyEP("[fd00:244::1]:8080"), readyEP("[fd00:244::2]:8080"),
 			}},
 		},
-		"dual-stack service on a dual-stack node": {
+		// Issue 15 item 3: the two families of a dual-stack service are two
+		// ports; IPv4 portal traffic only reaches IPv4 pods and IPv6 only
+		// IPv6, each family's external and LB IPs portal to its own port.
+		"dual-stack service on a dual-stack node: one port per family": {
 			opts: Options{NodeName: me},
 			objs: []runtime.Object{
 				node(me, "192.168.0.1", "fd00::1"),
-				service("ns", "web", withClusterIPs("10.96.0.10", "fd00:96::10")),
+				service("ns", "web", withClusterIPs("10.96.0.10", "fd00:96::10"), func(s *v1.Service) {
+					s.Spec.Ports[0].NodePort = 30080
+					s.Spec.ExternalIPs = []string{"fd00:e::1", "203.0.113.1"}
+					s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.1"}, {IP: "fd00:1b::1"}}
+				}),
+				slice("ns", "web-v6", "web", discovery.AddressTypeIPv6, httpPorts(8080), ep("fd00:244::1")),
+				slice("ns", "web-v4", "web", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1"), ep("10.244.0.2")),
+			},
+			wantPorts: []svc.Port{
+				func() svc.Port {
+					p := port("ns", "web", "http", svc.TCP, 80, "10.96.0.10")
+					p.NodePort, p.ExternalIPs, p.LoadBalancerIPs = 30080, addrs("203.0.113.1"), addrs("198.51.100.1")
+					return p
+				}(),
+				func() svc.Port {
+					p := port("ns", "web", "http", svc.TCP, 80, "fd00:96::10")
+					p.NodePort, p.ExternalIPs, p.LoadBalancerIPs = 30080, addrs("fd00:e::1"), addrs("fd00:1b::1")
+					return p
+				}(),
+			},
+			wantEPs: map[svc.PortName][]svc.Endpoint{
+				pn("ns", "web", "http"):  {readyEP("10.244.0.1:8080"), readyEP("10.244.0.2:8080")},
+				pn6("ns", "web", "http"): {readyEP("[fd00:244::1]:8080")},
+			},
+		},
+		"dual-stack service on an IPv4 node: IPv6 slices and addresses unused": {
+			opts: Options{NodeName: me},
+			objs: []runtime.Object{
+				v4node,
+				service("ns", "web", withClusterIPs("fd00:96::10", "10.96.0.10"), func(s *v1.Service) {
+					s.Spec.ExternalIPs = []string{"fd00:e::1"}
+				}),
 				slice("ns", "web-v6", "web", discovery.AddressTypeIPv6, httpPorts(8080), ep("fd00:244::1")),
 				slice("ns", "web-v4", "web", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1")),
 			},
-			wantPorts: []svc.Port{port("ns", "web", "http", svc.TCP, 80, "10.96.0.10", "fd00:96::10")},
-			wantEPs: map[svc.PortName][]svc.Endpoint{pn("ns", "web", "http"): {
-				readyEP("10.244.0.1:8080"), readyEP("[fd00:244::1]:8080"),
-			}},
+			wantPorts: []svc.Port{port("ns", "web", "http", svc.TCP, 80, "10.96.0.10")},
+			wantEPs:   map[svc.PortName][]svc.Endpoint{pn("ns", "web", "http"): {readyEP("10.244.0.1:8080")}},
+		},
+		"IPv6 endpoints of a single-stack IPv4 service are not used": {
+			opts: Options{NodeName: me, Families: []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}},
+			objs: []runtime.Object{
+				service("ns", "web", withClusterIPs("10.96.0.10")),
+				slice("ns", "web-v6", "web", discovery.AddressTypeIPv6, httpPorts(8080), ep("fd00:244::1")),
+				slice("ns", "web-v4", "web", discovery.AddressTypeIPv4, httpPorts(8080), ep("10.244.0.1")),
+			},
+			wantPorts: []svc.Port{port("ns", "web", "http", svc.TCP, 80, "10.96.0.10")},
+			wantEPs:   map[svc.PortName][]svc.Endpoint{pn("ns", "web", "http"): {readyEP("10.244.0.1:8080")}},
 		},
 		"IPv6-only service on an IPv4 node skipped": {
 			opts: Options{NodeName: me},

@@ -12,9 +12,11 @@ import (
 const dedupeMapAt = 16
 
 // endpointsFor merges the slices of one service into the endpoint list of
-// each of its ports (already filtered to the node's families). Slice ports
-// match service ports by name and protocol. Slices of a family not in f are
-// ignored; an address found in several slices appears once, the
+// each of its ports (already split by family, forFamilies). Slice ports
+// match service ports by name, protocol and family: an IPv4 slice feeds only
+// the IPv4 port, an IPv6 slice only the IPv6 one (kube-proxy's metaproxier
+// hands each family's proxier the slices of its addressType). Slices of a
+// family not in f are ignored; an address found in several slices appears once, the
 // non-terminating copy preferred (as kube-proxy's EndpointSliceCache).
 // internalTrafficPolicy Local keeps only endpoints on nodeName. Lists are
 // sorted by address; ports without endpoints are absent. sl must be sorted
@@ -29,8 +31,14 @@ func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, nodeName string
 		if (s.v6 && !f.v6) || (!s.v6 && !f.v4) {
 			continue
 		}
+		fam := svc.IPv4
+		if s.v6 {
+			fam = svc.IPv6
+		}
 		for _, sp := range s.ports {
-			i := slices.IndexFunc(ports, func(p svc.Port) bool { return p.Name.Port == sp.name && p.Protocol == sp.proto })
+			i := slices.IndexFunc(ports, func(p svc.Port) bool {
+				return p.Name.Port == sp.name && p.Protocol == sp.proto && p.Name.Family == fam
+			})
 			if i < 0 {
 				continue
 			}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/uproxy/uproxy/svc"
 )
 
 // Defaults of the kube-proxy flags that fill Options.
@@ -100,11 +102,12 @@ func (n NodeInfo) equal(o NodeInfo) bool {
 // families is the set of IP families uproxy proxies.
 type families struct{ v4, v6 bool }
 
-func (f families) allows(a netip.Addr) bool {
-	if a.Is4() {
-		return f.v4
+// has reports whether fam is proxied.
+func (f families) has(fam svc.Family) bool {
+	if fam == svc.IPv6 {
+		return f.v6
 	}
-	return a.Is6() && f.v6
+	return f.v4
 }
 
 func (f families) String() string {

@@ -13,6 +13,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	discovery "k8s.io/api/discovery/v1"
 	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/uproxy/uproxy/svc"
 )
 
 // steppedLoop drives a Runner by hand with a fake clock: no goroutine, so
@@ -165,7 +167,9 @@ func TestRunnerNodeFamilies(t *testing.T) {
 	l.tr.OnNodeUpdate(nil, node("me", "192.168.0.1", "fd00::5"))
 	l.r.pass(l.ctx, false)
 	ports, eps, _, _ = l.sink.snapshot()
-	if len(ports) != 1 || !slices.Equal(ports[0].ClusterIPs, addrs("10.96.0.10", "fd00::10")) || len(eps[pn("ns", "web", "http")]) != 2 {
+	if len(ports) != 2 || !slices.Equal(ports[0].ClusterIPs, addrs("10.96.0.10")) || !slices.Equal(ports[1].ClusterIPs, addrs("fd00::10")) ||
+		ports[1].Name != pn6("ns", "web", "http") ||
+		epList(eps[pn("ns", "web", "http")]) != "10.244.0.1:80" || epList(eps[pn6("ns", "web", "http")]) != "[fd00::1]:80" {
 		t.Fatalf("dual-stack node: ports %+v endpoints %v", ports, eps)
 	}
 	if got := l.tr.Node(); !slices.Equal(got.Addresses, addrs("192.168.0.1", "fd00::5")) {
@@ -277,4 +281,13 @@ func histogram(t testing.TB, h prometheus.Histogram) *dto.Histogram {
 		t.Fatalf("histogram: %v", err)
 	}
 	return m.GetHistogram()
+}
+
+// epList renders an endpoint list as "ip:port ip:port".
+func epList(eps []svc.Endpoint) string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.String())
+	}
+	return strings.Join(out, " ")
 }

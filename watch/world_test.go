@@ -261,6 +261,11 @@ func pn(ns, name, port string) svc.PortName {
 	return svc.PortName{Namespace: ns, Name: name, Port: port}
 }
 
+// pn6 is the IPv6 port of a dual-stack (or IPv6) service.
+func pn6(ns, name, port string) svc.PortName {
+	return svc.PortName{Namespace: ns, Name: name, Port: port, Family: svc.IPv6}
+}
+
 func addrs(ss ...string) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range ss {
