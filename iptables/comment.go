@@ -41,8 +41,10 @@ func sanitizeComment(s string) string {
 }
 
 // parsePortName turns a comment back into a port name: "ns/name:port" or
-// "ns/name", of family IPv4 (the caller sets the family of the rule's table). Namespaces and names cannot contain '/' or ':' (DNS labels), so
-// the first '/' and the first ':' after it split it unambiguously.
+// "ns/name", either followed by svc.ExternalSuffix for an External name, of
+// family IPv4 (the caller sets the family of the rule's table). Namespaces
+// and names cannot contain '/' or ':' (DNS labels), so the first '/' and the
+// first ':' after it split it unambiguously.
 func parsePortName(c string) (svc.PortName, bool) {
 	ns, rest, ok := strings.Cut(c, "/")
 	if !ok || ns == "" || rest == "" {
@@ -52,7 +54,8 @@ func parsePortName(c string) (svc.PortName, bool) {
 	if name == "" {
 		return svc.PortName{}, false
 	}
-	return svc.PortName{Namespace: ns, Name: name, Port: port}, true
+	port, external := strings.CutSuffix(port, svc.ExternalSuffix)
+	return svc.PortName{Namespace: ns, Name: name, Port: port, External: external}, true
 }
 
 var errUnterminated = errors.New("unterminated quote")

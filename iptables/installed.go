@@ -128,12 +128,12 @@ func udpPortals(portals []svc.Portal) map[ctFlow]uint16 {
 		if p.Port.Protocol != svc.UDP {
 			continue
 		}
-		for _, a := range p.Port.PortalAddrs() {
-			if a.IsValid() {
+		for i, a := range p.Port.PortalAddrs() {
+			if container, _ := trafficChains(p.Port, i < len(p.Port.ClusterIPs)); a.IsValid() && container {
 				out[ctFlow{addr: a.Unmap(), port: p.Port.Port}] = p.ProxyPort
 			}
 		}
-		if p.Port.NodePort != 0 {
+		if container, _ := trafficChains(p.Port, false); p.Port.NodePort != 0 && container {
 			fam := v4
 			if p.Port.Name.Family == svc.IPv6 {
 				fam = v6

@@ -107,7 +107,8 @@ func render(f family, t targets, portals []svc.Portal, cache renderCache) render
 			cmp.Compare(a.Port.Name.Name, b.Port.Name.Name),
 			cmp.Compare(a.Port.Name.Port, b.Port.Name.Port),
 			cmp.Compare(a.Port.Name.Family, b.Port.Name.Family),
-			cmp.Compare(a.Port.Protocol, b.Port.Protocol))
+			cmp.Compare(a.Port.Protocol, b.Port.Protocol),
+			cmp.Compare(a.Port.Name.String(), b.Port.Name.String()))
 	})
 	r := renderResult{set: newRuleSet()}
 	for _, c := range ourChains {
@@ -180,17 +181,18 @@ func portalRules(f family, t targets, p svc.Portal) []rendered {
 		out = append(out, rendered{chain, key, spec})
 	}
 	comment := commentArg(p.Port.Name)
-	for _, a := range p.Port.PortalAddrs() {
+	for i, a := range p.Port.PortalAddrs() {
 		a = a.Unmap()
 		if !a.IsValid() || familyOf(a) != f {
 			continue
 		}
+		container, host := trafficChains(p.Port, i < len(p.Port.ClusterIPs))
 		key := ruleKey{netip.PrefixFrom(a, f.bits()), proto, p.Port.Port}
 		dst := "-d " + key.dst.String()
-		if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+		if tgt, ok := t.containerTarget(p.ProxyPort); ok && container {
 			add(chainPortalsContainer, key, match(dst, proto, comment, p.Port.Port)+tgt)
 		}
-		if t.host.IsValid() {
+		if t.host.IsValid() && host {
 			add(chainPortalsHost, key, match(dst, proto, comment, p.Port.Port)+dnat(t.host, p.ProxyPort))
 		}
 	}
@@ -201,16 +203,17 @@ func portalRules(f family, t targets, p svc.Portal) []rendered {
 	if t.nodePortDst != nil {
 		dsts = t.nodePortDst
 	}
+	container, host := trafficChains(p.Port, false)
 	for _, pfx := range dsts {
 		key := ruleKey{pfx, proto, p.Port.NodePort}
 		dst := ""
 		if pfx.IsValid() {
 			dst = "-d " + pfx.String()
 		}
-		if tgt, ok := t.containerTarget(p.ProxyPort); ok {
+		if tgt, ok := t.containerTarget(p.ProxyPort); ok && container {
 			add(chainNodePortContainer, key, match(dst, proto, comment, p.Port.NodePort)+tgt)
 		}
-		if t.host.IsValid() {
+		if t.host.IsValid() && host {
 			add(chainNodePortHost, key, match(dst, proto, comment, p.Port.NodePort)+dnat(t.host, p.ProxyPort))
 		}
 	}

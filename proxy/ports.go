@@ -44,10 +44,10 @@ func (p *Proxier) listenerKey(sp svc.Port) string {
 // directAddrs are a port's listen addresses in direct mode.
 func (p *Proxier) directAddrs(sp svc.Port) []string {
 	var out []string
-	for _, ip := range sp.PortalAddrs() {
+	for _, ip := range directPortalAddrs(sp) {
 		out = append(out, netip.AddrPortFrom(ip, sp.Port).String())
 	}
-	if sp.NodePort != 0 {
+	if directNodePort(sp) {
 		out = append(out, nodePortAddr(p.cfg.BindAddr, sp.Name.Family, sp.NodePort))
 	}
 	slices.Sort(out)

@@ -63,10 +63,18 @@ type PortName struct {
 	Name      string
 	Port      string // the Service port's name; "" for a single unnamed port
 	Family    Family // the family of its portal addresses and endpoints
+	// External names the second listener of a Split port: the one that
+	// serves external traffic (see Traffic).
+	External bool
 }
 
+// ExternalSuffix ends the String of an External port name. Port names are
+// DNS labels, so no Service port name contains it.
+const ExternalSuffix = "/external"
+
 // String renders the name as kube-proxy does: "ns/name:port", or "ns/name"
-// for an unnamed port; an IPv6 port has " (IPv6)" appended so logs, metrics
+// for an unnamed port; an External name is "ns/name:port/external" (or
+// "ns/name:/external"); an IPv6 port has " (IPv6)" appended so logs, metrics
 // and status tell the two families of a dual-stack port apart.
 func (n PortName) String() string {
 	s := n.KubeString()
@@ -81,8 +89,11 @@ func (n PortName) String() string {
 // is the rule's table's: iptables or ip6tables).
 func (n PortName) KubeString() string {
 	s := n.Namespace + "/" + n.Name
-	if n.Port != "" {
+	if n.Port != "" || n.External {
 		s += ":" + n.Port
+	}
+	if n.External {
+		s += ExternalSuffix
 	}
 	return s
 }
@@ -110,12 +121,15 @@ type Port struct {
 	// InternalLocal is internalTrafficPolicy: Local; watch/ has already
 	// filtered the endpoints, the flag is carried for display.
 	InternalLocal bool
+
+	// Traffic policies beyond internalTrafficPolicy (traffic.go).
+	Traffic Traffic
 }
 
 // Equal reports whether two ports describe the same desired state.
 func (p Port) Equal(o Port) bool {
 	return p.Name == o.Name && p.Protocol == o.Protocol && p.Port == o.Port &&
-		p.NodePort == o.NodePort && p.Affinity == o.Affinity && p.InternalLocal == o.InternalLocal &&
+		p.NodePort == o.NodePort && p.Affinity == o.Affinity && p.InternalLocal == o.InternalLocal && p.Traffic == o.Traffic &&
 		slices.Equal(p.ClusterIPs, o.ClusterIPs) && slices.Equal(p.ExternalIPs, o.ExternalIPs) &&
 		slices.Equal(p.LoadBalancerIPs, o.LoadBalancerIPs)
 }

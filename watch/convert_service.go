@@ -143,6 +143,7 @@ func convertService(s *v1.Service, proxyName string, log zerolog.Logger) *servic
 		}
 	}
 	internalLocal := s.Spec.InternalTrafficPolicy != nil && *s.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	traffic := trafficOf(s, bad)
 
 	info := &serviceInfo{ports: make([]svc.Port, 0, len(s.Spec.Ports))}
 	seen := make(map[string]bool, len(s.Spec.Ports))
@@ -179,6 +180,7 @@ func convertService(s *v1.Service, proxyName string, log zerolog.Logger) *servic
 			LoadBalancerIPs: lbIPs,
 			Affinity:        aff,
 			InternalLocal:   internalLocal,
+			Traffic:         traffic,
 		})
 	}
 	return info

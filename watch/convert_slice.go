@@ -34,6 +34,8 @@ type sliceEndpoint struct {
 	addr                        netip.Addr
 	ready, serving, terminating bool
 	nodeName, zone, podName     string
+	// hints are the endpoint's topology hints (hints.go); comparable.
+	hints hints
 }
 
 func (s *sliceInfo) equal(o *sliceInfo) bool {
@@ -155,6 +157,7 @@ func convertSlice(es *discovery.EndpointSlice, proxyName string, log zerolog.Log
 		if e.Zone != nil {
 			se.zone = *e.Zone
 		}
+		se.hints = hintsOf(e.Hints)
 		if r := e.TargetRef; r != nil && (r.Kind == "Pod" || r.Kind == "") && r.Name != "" {
 			se.podName = r.Name
 		}

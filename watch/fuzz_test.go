@@ -74,7 +74,7 @@ func FuzzConvertEndpointSlice(f *testing.F) {
 			ports = append(ports, svc.Port{Name: svc.PortName{Namespace: "ns", Name: info.service.Name, Port: p.name}, Protocol: p.proto,
 				InternalLocal: len(ports)%2 == 1})
 		}
-		for pn, eps := range endpointsFor(ports, []*sliceInfo{info, info}, families{v4: true, v6: true}, "me") {
+		for pn, eps := range endpointsFor(ports, []*sliceInfo{info, info}, families{v4: true, v6: true}, trafficEnv{node: "me"}) {
 			for i, e := range eps {
 				if !e.Addr.IsValid() || e.Addr.Port() == 0 {
 					t.Fatalf("%v: invalid endpoint %v", pn, e)

@@ -39,6 +39,7 @@ type Runner struct {
 	ports       map[types.NamespacedName][]svc.Port             // filtered to fams
 	sent        map[types.NamespacedName]map[svc.PortName][]svc.Endpoint
 	fams        families
+	zone        string                             // the Node's zone label, for topology hints
 	portList    []svc.Port                         // sorted full list; nil after a port change
 	dirty       map[types.NamespacedName]time.Time // ports changed since the last good SyncPorts
 	lastSyncEnd time.Time
@@ -144,6 +145,7 @@ func (r *Runner) Run(ctx context.Context) error {
 // start applies the initial state in full.
 func (r *Runner) start(ctx context.Context) {
 	r.fams = effectiveFamilies(r.opts.Families, r.t.Node())
+	r.zone = r.t.Node().Zone
 	r.log.Info().Stringer("families", r.fams).Str("node", r.opts.NodeName).Msg("initial state received, first full sync")
 	r.pass(ctx, true)
 	r.dropCheckpoint()
@@ -176,9 +178,11 @@ func (r *Runner) apply(p pending) bool {
 	}
 	if p.nodeChanged {
 		r.ckDirty = true // the node IPs are in the checkpoint
-		if f := effectiveFamilies(r.opts.Families, p.node); f != r.fams {
-			r.log.Info().Stringer("families", f).Stringer("was", r.fams).Msg("node IP families changed, recomputing all services")
-			r.fams = f
+		f := effectiveFamilies(r.opts.Families, p.node)
+		if f != r.fams || p.node.Zone != r.zone {
+			r.log.Info().Stringer("families", f).Stringer("was", r.fams).Str("zone", p.node.Zone).Str("zone_was", r.zone).
+				Msg("node IP families or zone changed, recomputing all services")
+			r.fams, r.zone = f, p.node.Zone
 			now := r.clock.Now()
 			for nn := range r.services {
 				mark(nn, now)
@@ -210,7 +214,7 @@ func (r *Runner) apply(p pending) bool {
 	updates := make(map[svc.PortName][]svc.Endpoint)
 	var epSince []time.Time
 	for nn, since := range affected {
-		ports := r.services[nn].forFamilies(r.fams)
+		ports := splitTraffic(r.services[nn].forFamilies(r.fams))
 		portsChanged := !slices.EqualFunc(r.ports[nn], ports, svc.Port.Equal)
 		if portsChanged {
 			if len(ports) == 0 {
@@ -224,7 +228,7 @@ func (r *Runner) apply(p pending) bool {
 			}
 			r.dirty[nn] = since
 		}
-		eps := endpointsFor(ports, r.sortedSlices(nn), r.fams, r.opts.NodeName)
+		eps := endpointsFor(ports, r.sortedSlices(nn), r.fams, trafficEnv{node: r.opts.NodeName, zone: r.zone})
 		if diffEndpoints(r.sent[nn], eps, updates) && !portsChanged {
 			epSince = append(epSince, since)
 		}
