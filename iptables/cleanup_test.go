@@ -123,7 +123,7 @@ func TestCheckPeriodRepairsWhileChurning(t *testing.T) {
 	r.edit(v4, func(t *fakeTables) { t.chains[tableNAT]["OUTPUT"] = nil }) // jumps deleted
 	clock = clock.Add(10 * time.Second)
 	sync(30002)
-	if strings.Contains(r.state[v4].save(), "-A OUTPUT") {
+	if strings.Contains(r.state[v4].save(), jumpPortalsOut) {
 		t.Fatal("repaired before the check period passed: the change sync read anyway")
 	}
 	clock = clock.Add(25 * time.Second)

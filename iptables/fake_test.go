@@ -225,6 +225,18 @@ func (r *fakeRunner) lastRestore() string {
 	return r.restores[len(r.restores)-1].input
 }
 
+// lastRestoreOf is the last restore input of family f.
+func (r *fakeRunner) lastRestoreOf(f family) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.restores) - 1; i >= 0; i-- {
+		if r.restores[i].f == f {
+			return r.restores[i].input
+		}
+	}
+	return ""
+}
+
 // fakeConntrack records the flows it was asked to delete.
 type fakeConntrack struct {
 	mu    sync.Mutex

@@ -78,12 +78,12 @@ func TestHostileCommentText(t *testing.T) {
 				t.Fatalf("SyncPortals: %v", err)
 			}
 			checkRestoreInput(t, r.lastRestore())
-			// Five rules plus six jumps, nothing else, and the filter
-			// INPUT chain holds only our jump (no injected DROP).
-			if got := ourLines(r.state[v4].save()); len(got) != 11 {
-				t.Errorf("installed %d lines, want 11:\n%s", len(got), strings.Join(got, "\n"))
+			// Six rules plus nine jumps, nothing else, and the filter
+			// INPUT chain holds only our two jumps (no injected DROP).
+			if got := ourLines(r.state[v4].save()); len(got) != 15 {
+				t.Errorf("installed %d lines, want 15:\n%s", len(got), strings.Join(got, "\n"))
 			}
-			if in := r.state[v4].chains[tableFilter]["INPUT"]; len(in) != 1 {
+			if in := r.state[v4].chains[tableFilter]["INPUT"]; len(in) != 2 {
 				t.Errorf("filter INPUT = %q", in)
 			}
 			if c := sanitizeComment(pn.String()); len(c) > maxCommentLen {

@@ -233,7 +233,8 @@ func testRealIptables(t *testing.T, backend string) {
 		t.Errorf("first PREROUTING rule is %q, want the portal jump", first)
 	}
 	filterS := run(t, "ip", "netns", "exec", tb.node, "iptables-"+backend, "-S", chainNodePortNonLocal)
-	if !strings.Contains(filterS, "--dport "+pp+" -m conntrack --ctstate NEW -j ACCEPT") {
+	if !strings.Contains(filterS, "--dport "+pp+" -m conntrack --ctstate DNAT -j ACCEPT") ||
+		!strings.Contains(filterS, "! -i lo -p tcp -m comment --comment \"default/web:http\" -m tcp --dport "+pp+" -m conntrack ! --ctstate DNAT -j DROP") {
 		t.Errorf("filter rule missing:\n%s", filterS)
 	}
 	v6S := run(t, "ip", "netns", "exec", tb.node, "ip6tables-"+backend, "-t", "nat", "-S", chainPortalsHost)
@@ -260,6 +261,16 @@ func testRealIptables(t *testing.T, backend string) {
 		}
 	}
 	reach("after the first sync")
+	// The proxy port itself serves the node, but nobody outside it: only
+	// what a portal rule redirected gets through KUBE-NODEPORT-NON-LOCAL.
+	for _, addr := range []string{"10.200.0.1:" + pp, "[fd00:200::1]:" + pp} {
+		if !unreachable(tb.client, addr) {
+			t.Errorf("client pod reached the proxy port directly at %s", addr)
+		}
+		if got, err := exchange(tb.node, addr); err != nil || got != "ok:hello "+addr {
+			t.Errorf("node itself -> %s: got %q, %v", addr, got, err)
+		}
+	}
 
 	// A sync with nothing to change writes nothing.
 	restores := sumRestores(p)

@@ -122,16 +122,16 @@ func TestAddAndDeleteService(t *testing.T) {
 	if err := p.SyncPortals(ctx, append(slices.Clone(portals), added)); err != nil {
 		t.Fatal(err)
 	}
-	in := r.lastRestore()
-	if strings.Contains(in, ":KUBE-") || strings.Count(in, "\n-A KUBE-PORTALS-") != 2 {
+	in := r.lastRestoreOf(v4)
+	if strings.Contains(in, ":KUBE-") || strings.Count(in, "\n-A KUBE-PORTALS-") != 2 || strings.Count(in, "\n-A KUBE-NODEPORT-NON-LOCAL ") != 2 {
 		t.Errorf("adding one service wrote:\n%s", in)
 	}
 	// Deleting it removes exactly its rules.
 	if err := p.SyncPortals(ctx, portals); err != nil {
 		t.Fatal(err)
 	}
-	in = r.lastRestore()
-	if strings.Count(in, "\n-D KUBE-PORTALS-") != 2 || strings.Contains(in, "\n-A ") {
+	in = r.lastRestoreOf(v4)
+	if strings.Count(in, "\n-D KUBE-PORTALS-") != 2 || strings.Count(in, "\n-D KUBE-NODEPORT-NON-LOCAL ") != 2 || strings.Contains(in, "\n-A ") {
 		t.Errorf("deleting one service wrote:\n%s", in)
 	}
 	if save := r.state[v4].save(); strings.Contains(save, "default/new") {
@@ -141,8 +141,7 @@ func TestAddAndDeleteService(t *testing.T) {
 	if err := p.SyncPortals(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{jumpNodePortOut, jumpNodePortPre, jumpNonLocal, jumpPortWait, jumpPortalsOut, jumpPortalsPre}
-	slices.Sort(want)
+	want := slices.Sorted(slices.Values(allJumps))
 	if got := ourLines(r.state[v4].save()); !slices.Equal(got, want) {
 		t.Errorf("after deleting all services:\n%s", strings.Join(got, "\n"))
 	}

@@ -35,8 +35,8 @@ func parseSave(out []byte) ruleSet {
 			if target, ok := jumpTarget(spec); ok {
 				if c, ok := chainIn(table, target); ok {
 					rs.strays = append(rs.strays, stray{table, chain, spec})
-					if c.builtin == chain {
-						rs.jumps[c.name] = append(rs.jumps[c.name], spec)
+					if slices.Contains(c.builtins, chain) {
+						rs.jumps[c.name] = append(rs.jumps[c.name], chain+" "+spec)
 					}
 				}
 			}
@@ -117,17 +117,23 @@ func diffSorted(have, want []string) (add, del []string) {
 	return add, del
 }
 
-// jumpFix says how to turn the jumps found into exactly one canonical jump.
-func jumpFix(have []string, want string) (del []string, add bool) {
-	found := false
+// jumpFix says how to turn the jumps found into exactly the canonical ones
+// (want, one per built-in chain). Both hold "BUILTIN spec" lines.
+func jumpFix(have, want []string) (del, add []string) {
+	found := make(map[string]bool, len(want))
 	for _, h := range have {
-		if h == want && !found {
-			found = true
+		if slices.Contains(want, h) && !found[h] {
+			found[h] = true
 			continue
 		}
 		del = append(del, h)
 	}
-	return del, !found
+	for _, w := range want {
+		if !found[w] {
+			add = append(add, w)
+		}
+	}
+	return del, add
 }
 
 // countDiff counts the rule and jump lines that differ between two sets.
@@ -144,14 +150,11 @@ func countDiff(have, want ruleSet) int {
 		if !have.exists[c.name] && want.exists[c.name] && len(want.rules[c.name]) == 0 {
 			n++ // an empty chain that was deleted
 		}
-		del, add := jumpFix(have.jumps[c.name], c.jumpSpec)
+		del, add := jumpFix(have.jumps[c.name], c.jumps())
 		if len(want.jumps[c.name]) == 0 { // want no jump (never in practice)
-			del, add = have.jumps[c.name], false
+			del, add = have.jumps[c.name], nil
 		}
-		n += len(del)
-		if add {
-			n++
-		}
+		n += len(del) + len(add)
 	}
 	return n
 }
@@ -197,15 +200,16 @@ func restoreText(have, want ruleSet, full bool) []byte {
 					lines = append(lines, "-A "+c.name+" "+r)
 				}
 			}
-			jdel, jadd := jumpFix(have.jumps[c.name], c.jumpSpec)
+			jdel, jadd := jumpFix(have.jumps[c.name], c.jumps())
 			for _, j := range jdel {
-				lines = append(lines, "-D "+c.builtin+" "+j)
+				lines = append(lines, "-D "+j)
 			}
-			if jadd {
+			for _, j := range jadd {
 				if c.first {
-					lines = append(lines, "-I "+c.builtin+" 1 "+c.jumpSpec)
+					builtin, spec, _ := strings.Cut(j, " ")
+					lines = append(lines, "-I "+builtin+" 1 "+spec)
 				} else {
-					lines = append(lines, "-A "+c.builtin+" "+c.jumpSpec)
+					lines = append(lines, "-A "+j)
 				}
 			}
 		}

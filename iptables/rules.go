@@ -49,6 +49,10 @@ type targets struct {
 	noNodePorts bool
 	// wait is Config.WaitPorts (zero: no UPROXY-PORT-WAIT rules).
 	wait PortSpan
+	// nodeIPs are the node's addresses of this family: a load-balancer
+	// source range holding one also admits the LB IP itself as source
+	// (see lbSources).
+	nodeIPs []netip.Addr
 }
 
 // renderResult is a family's desired rules plus what could not be rendered.
@@ -68,15 +72,22 @@ type rendered struct {
 }
 
 type ruleKey struct {
+	src   netip.Prefix // invalid: any source
 	dst   netip.Prefix // invalid: any destination
 	proto string
 	port  uint16
+	// drop tells a proxy port's DROP rule from its ACCEPT rule (same
+	// port, disjoint matches).
+	drop bool
 }
 
 func (k ruleKey) String() string {
 	d := "any"
 	if k.dst.IsValid() {
 		d = k.dst.String()
+	}
+	if k.src.IsValid() {
+		d = "from " + k.src.String() + " to " + d
 	}
 	return d + " " + k.proto + "/" + strconv.Itoa(int(k.port))
 }
@@ -113,7 +124,7 @@ func render(f family, t targets, portals []svc.Portal, cache renderCache) render
 	r := renderResult{set: newRuleSet()}
 	for _, c := range ourChains {
 		r.set.exists[c.name] = true
-		r.set.jumps[c.name] = []string{c.jumpSpec}
+		r.set.jumps[c.name] = c.jumps()
 		r.set.rules[c.name] = make([]string, 0, len(portals))
 	}
 	type seenKey struct {
@@ -181,21 +192,43 @@ func portalRules(f family, t targets, p svc.Portal) []rendered {
 		out = append(out, rendered{chain, key, spec})
 	}
 	comment := commentArg(p.Port.Name)
-	for i, a := range p.Port.PortalAddrs() {
-		a = a.Unmap()
-		if !a.IsValid() || familyOf(a) != f {
-			continue
-		}
-		container, host := trafficChains(p.Port, i < len(p.Port.ClusterIPs))
-		key := ruleKey{netip.PrefixFrom(a, f.bits()), proto, p.Port.Port}
-		dst := "-d " + key.dst.String()
-		if tgt, ok := t.containerTarget(p.ProxyPort); ok && container {
-			add(chainPortalsContainer, key, match(dst, proto, comment, p.Port.Port)+tgt)
-		}
-		if t.host.IsValid() && host {
-			add(chainPortalsHost, key, match(dst, proto, comment, p.Port.Port)+dnat(t.host, p.ProxyPort))
+	portal := func(a netip.Addr, srcs []netip.Prefix, clusterDst bool) {
+		container, host := trafficChains(p.Port, clusterDst)
+		for _, src := range srcs {
+			key := ruleKey{src, netip.PrefixFrom(a, f.bits()), proto, p.Port.Port, false}
+			m := match(src, key.dst, "", proto, comment, p.Port.Port)
+			if tgt, ok := t.containerTarget(p.ProxyPort); ok && container {
+				add(chainPortalsContainer, key, m+tgt)
+			}
+			if t.host.IsValid() && host {
+				add(chainPortalsHost, key, m+dnat(t.host, p.ProxyPort))
+			}
 		}
 	}
+	anySrc := []netip.Prefix{{}}
+	for _, a := range p.Port.ClusterIPs {
+		if a = a.Unmap(); a.IsValid() && familyOf(a) == f {
+			portal(a, anySrc, true)
+		}
+	}
+	for _, a := range p.Port.ExternalIPs {
+		if a = a.Unmap(); a.IsValid() && familyOf(a) == f {
+			portal(a, anySrc, false)
+		}
+	}
+	for _, a := range p.Port.LoadBalancerIPs {
+		if a = a.Unmap(); !a.IsValid() || familyOf(a) != f {
+			continue
+		}
+		srcs, restricted := lbSources(f, t, p.Port, a)
+		portal(a, srcs, false)
+		// A port split by traffic policies comes twice with the same LB
+		// IPs (svc.Traffic); one DROP rule is enough, the cluster one's.
+		if restricted && !p.Port.Name.External {
+			add(lbFirewallRule(f, a, proto, comment, p.Port.Port))
+		}
+	}
+	out = append(out, proxyPortRules(proto, comment, p.ProxyPort)...)
 	if p.Port.NodePort == 0 || !hasFamily(p.Port, f) || t.noNodePorts {
 		return out
 	}
@@ -205,29 +238,99 @@ func portalRules(f family, t targets, p svc.Portal) []rendered {
 	}
 	container, host := trafficChains(p.Port, false)
 	for _, pfx := range dsts {
-		key := ruleKey{pfx, proto, p.Port.NodePort}
-		dst := ""
-		if pfx.IsValid() {
-			dst = "-d " + pfx.String()
-		}
+		key := ruleKey{dst: pfx, proto: proto, port: p.Port.NodePort}
+		m := match(netip.Prefix{}, pfx, "", proto, comment, p.Port.NodePort)
 		if tgt, ok := t.containerTarget(p.ProxyPort); ok && container {
-			add(chainNodePortContainer, key, match(dst, proto, comment, p.Port.NodePort)+tgt)
+			add(chainNodePortContainer, key, m+tgt)
 		}
 		if t.host.IsValid() && host {
-			add(chainNodePortHost, key, match(dst, proto, comment, p.Port.NodePort)+dnat(t.host, p.ProxyPort))
+			add(chainNodePortHost, key, m+dnat(t.host, p.ProxyPort))
 		}
 	}
-	add(chainNodePortNonLocal, ruleKey{proto: proto, port: p.ProxyPort},
-		match("", proto, comment, p.ProxyPort)+" -m conntrack --ctstate NEW -j ACCEPT")
 	return out
 }
 
-// match renders the match part of a rule in iptables-save's order.
-func match(dst, proto, comment string, port uint16) string {
+// proxyPortRules are a proxy port's two rules in KUBE-NODEPORT-NON-LOCAL
+// (filter INPUT, new connections only). The proxy listens on every
+// address, so without them nodeIP:proxyPort would serve anyone who can
+// reach the node, ahead of any host firewall:
+//
+//   - a connection a portal rule REDIRECTed or DNATed here (ctstate DNAT) is
+//     ACCEPTed: it was addressed to a ClusterIP, ExternalIP, LB IP or
+//     NodePort, not to this port, so a host firewall that only knows the
+//     node's own ports must not drop it (with kube-proxy's iptables mode
+//     such traffic never meets filter INPUT either);
+//   - a connection from outside the node that nothing redirected is
+//     DROPped (-i lo is the node itself: it is left to the host firewall).
+//
+// The two rules match disjoint packets, so their order does not matter.
+func proxyPortRules(proto, comment string, proxyPort uint16) []rendered {
+	m := match(netip.Prefix{}, netip.Prefix{}, "", proto, comment, proxyPort)
+	drop := match(netip.Prefix{}, netip.Prefix{}, "! -i lo", proto, comment, proxyPort)
+	return []rendered{
+		{chainNodePortNonLocal, ruleKey{proto: proto, port: proxyPort}, m + " -m conntrack --ctstate DNAT -j ACCEPT"},
+		{chainNodePortNonLocal, ruleKey{proto: proto, port: proxyPort, drop: true}, drop + " -m conntrack ! --ctstate DNAT -j DROP"},
+	}
+}
+
+// lbSources returns the sources whose traffic to load-balancer IP lb is
+// portalled: any (one invalid Prefix) when the service lists no
+// loadBalancerSourceRanges or lists one that covers every address of f;
+// else the listed ranges of family f, plus lb itself when a range holds a
+// node IP (kube-proxy's allowFromNode: a VIP that is also a local address
+// makes the node's own requests leave with the VIP as source). restricted
+// is true when other sources must be dropped (lbFirewallRule). Ranges of
+// the other family only, or none valid, admit nobody of family f: the
+// service asked for a source restriction, and fails closed.
+func lbSources(f family, t targets, p svc.Port, lb netip.Addr) (srcs []netip.Prefix, restricted bool) {
+	if len(p.LoadBalancerSourceRanges) == 0 {
+		return []netip.Prefix{{}}, false
+	}
+	fromNode := false
+	for _, r := range p.LoadBalancerSourceRanges {
+		if !r.IsValid() || familyOf(r.Addr()) != f {
+			continue
+		}
+		if r.Bits() == 0 {
+			return []netip.Prefix{{}}, false
+		}
+		r = r.Masked()
+		if !slices.Contains(srcs, r) {
+			srcs = append(srcs, r)
+		}
+		fromNode = fromNode || slices.ContainsFunc(t.nodeIPs, r.Contains)
+	}
+	if self := netip.PrefixFrom(lb, f.bits()); fromNode && !slices.Contains(srcs, self) {
+		srcs = append(srcs, self)
+	}
+	return srcs, true
+}
+
+// lbFirewallRule drops new connections to a source-restricted load-balancer
+// IP:port in UPROXY-LB-FIREWALL (filter INPUT, FORWARD and OUTPUT). Portal
+// rules rewrite the destination of admitted sources in nat PREROUTING and
+// OUTPUT, before filter, so only what they did not redirect still has lb
+// as its destination here: kube-proxy's KUBE-PROXY-FIREWALL works the same
+// way. Without it, a refused source's packet would be routed on (FORWARD)
+// or reach whatever else listens on lb:port.
+func lbFirewallRule(f family, lb netip.Addr, proto, comment string, port uint16) (string, ruleKey, string) {
+	key := ruleKey{dst: netip.PrefixFrom(lb, f.bits()), proto: proto, port: port}
+	return chainLBFirewall, key, match(netip.Prefix{}, key.dst, "", proto, comment, port) + " -j DROP"
+}
+
+// match renders the match part of a rule in iptables-save's order: source,
+// destination (invalid Prefix: any), an interface match (e.g. "! -i lo";
+// "": none), protocol, comment, port.
+func match(src, dst netip.Prefix, iface, proto, comment string, port uint16) string {
 	var b strings.Builder
-	if dst != "" {
-		b.WriteString(dst)
-		b.WriteByte(' ')
+	if src.IsValid() {
+		b.WriteString("-s " + src.String() + " ")
+	}
+	if dst.IsValid() {
+		b.WriteString("-d " + dst.String() + " ")
+	}
+	if iface != "" {
+		b.WriteString(iface + " ")
 	}
 	b.WriteString("-p " + proto + " -m comment --comment " + comment + " -m " + proto + " --dport ")
 	b.WriteString(strconv.Itoa(int(port)))
@@ -266,6 +369,11 @@ func hasFamily(p svc.Port, f family) bool {
 // targetsFor derives family f's targets from the configuration.
 func (c Config) targetsFor(f family) targets {
 	t := targets{wait: c.WaitPorts}
+	for _, n := range c.NodeIPs {
+		if n = n.Unmap(); n.IsValid() && familyOf(n) == f {
+			t.nodeIPs = append(t.nodeIPs, n)
+		}
+	}
 	bind := c.BindAddr.Unmap()
 	switch {
 	case !bind.IsValid() || bind.IsUnspecified():

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -15,7 +16,10 @@ const (
 	jumpPortalsOut  = `-A OUTPUT -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-HOST`
 	jumpNodePortPre = `-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-CONTAINER`
 	jumpNodePortOut = `-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-HOST`
-	jumpNonLocal    = `-A INPUT -m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL`
+	jumpNonLocal    = `-A INPUT -m conntrack --ctstate NEW -m comment --comment "uproxy: proxy ports take only portal traffic (DNAT) or the node itself" -j KUBE-NODEPORT-NON-LOCAL`
+	jumpFirewallIn  = `-A INPUT -m conntrack --ctstate NEW -m comment --comment "uproxy: load balancer source ranges" -j UPROXY-LB-FIREWALL`
+	jumpFirewallFwd = `-A FORWARD -m conntrack --ctstate NEW -m comment --comment "uproxy: load balancer source ranges" -j UPROXY-LB-FIREWALL`
+	jumpFirewallOut = `-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "uproxy: load balancer source ranges" -j UPROXY-LB-FIREWALL`
 	jumpPortWait    = `-A INPUT -m comment --comment "uproxy: drop new connections to proxy ports nothing listens on (restart), the client retries" -j UPROXY-PORT-WAIT`
 )
 
@@ -35,13 +39,45 @@ func ourLines(save string) []string {
 	return out
 }
 
+// allJumps are the jumps into our chains, as iptables-save prints them.
+var allJumps = []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal,
+	jumpFirewallIn, jumpFirewallFwd, jumpFirewallOut, jumpPortWait}
+
+// guard returns a proxy port's two KUBE-NODEPORT-NON-LOCAL rules: portal
+// traffic (DNAT) accepted, anything else from outside the node dropped.
+func guard(proto, comment string, proxyPort int) []string {
+	m := fmt.Sprintf(`-p %s -m comment --comment "%s" -m %s --dport %d`, proto, comment, proto, proxyPort)
+	return []string{
+		`-A KUBE-NODEPORT-NON-LOCAL ` + m + ` -m conntrack --ctstate DNAT -j ACCEPT`,
+		`-A KUBE-NODEPORT-NON-LOCAL ! -i lo ` + m + ` -m conntrack ! --ctstate DNAT -j DROP`,
+	}
+}
+
 func TestRuleKinds(t *testing.T) {
-	jumps := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal, jumpPortWait}
+	lb := func(ranges ...string) func(*svc.Port) {
+		return func(p *svc.Port) {
+			p.ClusterIPs = nil
+			p.LoadBalancerIPs = addrs("203.0.113.9")
+			for _, r := range ranges {
+				if r == "" {
+					p.LoadBalancerSourceRanges = append(p.LoadBalancerSourceRanges, netip.Prefix{})
+					continue
+				}
+				p.LoadBalancerSourceRanges = append(p.LoadBalancerSourceRanges, netip.MustParsePrefix(r))
+			}
+		}
+	}
+	const (
+		lbMatch  = `-d 203.0.113.9/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80`
+		lbDrop   = `-A UPROXY-LB-FIREWALL ` + lbMatch + ` -j DROP`
+		redirect = ` -j REDIRECT --to-ports 30001`
+		toNode   = ` -j DNAT --to-destination 10.0.0.1:30001`
+	)
 	tests := map[string]struct {
 		cfg     func(*Config)
 		portals []svc.Portal
 		fam     family
-		want    []string // our rule lines besides the six jumps, any order
+		want    []string // our rule lines besides the jumps, any order
 	}{
 		"ClusterIP, bound to 0.0.0.0: REDIRECT for pods, DNAT to the node IP for the host": {
 			portals: []svc.Portal{web(30001)},
@@ -58,14 +94,13 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.5:30001`,
 			},
 		},
-		"NodePort: container and host rules plus the filter ACCEPT on the proxy port": {
+		"NodePort: container and host rules (the proxy port's guard as for every portal)": {
 			portals: []svc.Portal{web(30001, func(p *svc.Port) { p.NodePort = 30080 })},
 			want: []string{
 				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
 				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
 				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
 				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
-				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
 		"NodePort restricted by --nodeport-addresses": {
@@ -74,7 +109,6 @@ func TestRuleKinds(t *testing.T) {
 			want: []string{
 				`-A KUBE-NODEPORT-CONTAINER -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
 				`-A KUBE-NODEPORT-HOST -d 10.0.0.0/24 -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
-				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
 		"ExternalIP": {
@@ -102,7 +136,6 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-PORTALS-HOST -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination [fd00::1]:30001`,
 				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
 				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination [fd00::1]:30001`,
-				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
 		"dual-stack service, IPv4: each family's rules go to its own port's proxy port": {
@@ -113,7 +146,6 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
 				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30001`,
 				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
-				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
 		"dual-stack service, IPv6: each family's rules go to its own port's proxy port": {
@@ -124,7 +156,6 @@ func TestRuleKinds(t *testing.T) {
 				`-A KUBE-PORTALS-HOST -d fd00:96::10/128 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination [fd00::1]:30002`,
 				`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j REDIRECT --to-ports 30002`,
 				`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination [fd00::1]:30002`,
-				`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30002 -m conntrack --ctstate NEW -j ACCEPT`,
 			},
 		},
 		"IPv6 portal with an IPv4 bind address: left out": {
@@ -137,6 +168,55 @@ func TestRuleKinds(t *testing.T) {
 			portals: []svc.Portal{web(30001)},
 			want: []string{
 				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
+			},
+		},
+		"LoadBalancer IP with source ranges: portalled from the ranges only, others dropped in filter": {
+			portals: []svc.Portal{web(30001, lb("192.0.2.0/24", "198.51.100.7/32", "2001:db8::/32"))},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -s 192.0.2.0/24 ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-CONTAINER -s 198.51.100.7/32 ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-HOST -s 192.0.2.0/24 ` + lbMatch + toNode,
+				`-A KUBE-PORTALS-HOST -s 198.51.100.7/32 ` + lbMatch + toNode,
+				lbDrop,
+			},
+		},
+		"source range holding the node IP also admits the LB IP as source (kube-proxy's allowFromNode)": {
+			portals: []svc.Portal{web(30001, lb("10.0.0.0/8"))},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -s 10.0.0.0/8 ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-CONTAINER -s 203.0.113.9/32 ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-HOST -s 10.0.0.0/8 ` + lbMatch + toNode,
+				`-A KUBE-PORTALS-HOST -s 203.0.113.9/32 ` + lbMatch + toNode,
+				lbDrop,
+			},
+		},
+		"source range 0.0.0.0/0: every source, no firewall rule": {
+			portals: []svc.Portal{web(30001, lb("192.0.2.0/24", "0.0.0.0/0"))},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-HOST ` + lbMatch + toNode,
+			},
+		},
+		"source ranges of the other family only: nobody of this family is admitted": {
+			portals: []svc.Portal{web(30001, lb("2001:db8::/32"))},
+			want:    []string{lbDrop},
+		},
+		"no valid source range (watch/'s zero Prefix): nobody is admitted": {
+			portals: []svc.Portal{web(30001, lb(""))},
+			want:    []string{lbDrop},
+		},
+		"source ranges leave ClusterIPs and ExternalIPs alone": {
+			portals: []svc.Portal{web(30001, lb("192.0.2.0/24"), func(p *svc.Port) {
+				p.ClusterIPs, p.ExternalIPs = addrs("10.96.0.10"), addrs("192.0.2.7")
+			})},
+			want: []string{
+				`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80` + redirect,
+				`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80` + toNode,
+				`-A KUBE-PORTALS-CONTAINER -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80` + redirect,
+				`-A KUBE-PORTALS-HOST -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80` + toNode,
+				`-A KUBE-PORTALS-CONTAINER -s 192.0.2.0/24 ` + lbMatch + redirect,
+				`-A KUBE-PORTALS-HOST -s 192.0.2.0/24 ` + lbMatch + toNode,
+				lbDrop,
 			},
 		},
 		"unnamed port: comment is ns/name": {
@@ -157,7 +237,11 @@ func TestRuleKinds(t *testing.T) {
 			if err := p.SyncPortals(context.Background(), tc.portals); err != nil {
 				t.Fatalf("SyncPortals: %v", err)
 			}
-			want := append(slices.Clone(jumps), tc.want...)
+			// Every portal's proxy port gets its guard, in every family.
+			want := append(slices.Clone(allJumps), tc.want...)
+			for _, p := range tc.portals {
+				want = append(want, guard(strings.ToLower(string(p.Port.Protocol)), p.Port.Name.KubeString(), int(p.ProxyPort))...)
+			}
 			slices.Sort(want)
 			if got := ourLines(r.state[tc.fam].save()); !slices.Equal(got, want) {
 				t.Errorf("installed rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -236,5 +320,40 @@ func dualStackWeb() []svc.Portal {
 		web(30002, func(p *svc.Port) {
 			p.Name.Family, p.ClusterIPs, p.NodePort = svc.IPv6, addrs("fd00:96::10"), 30080
 		}),
+	}
+}
+
+// TestUpgradeReplacesOpenProxyPorts: rules an older uproxy (or legacy
+// kube-proxy) left, an unconditional ACCEPT for new connections to a proxy
+// port behind the old INPUT jump, are replaced at the first sync by the
+// guard, and the old jump is deleted.
+func TestUpgradeReplacesOpenProxyPorts(t *testing.T) {
+	const (
+		oldJump   = `-m comment --comment "Ensure that non-local NodePort traffic can flow" -j KUBE-NODEPORT-NON-LOCAL`
+		oldAccept = `-p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`
+	)
+	p, r, _ := newTestProgrammer(t, baseConfig())
+	r.edit(v4, func(ft *fakeTables) {
+		ft.chains[tableFilter]["INPUT"] = []string{oldJump, "-i lo -j ACCEPT"}
+		ft.chains[tableFilter][chainNodePortNonLocal] = []string{oldAccept}
+		ft.order[tableFilter] = append(ft.order[tableFilter], chainNodePortNonLocal)
+	})
+	portal := web(30001, func(p *svc.Port) { p.NodePort = 30080 })
+	if err := p.SyncPortals(context.Background(), []svc.Portal{portal}); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in := r.state[v4].chains[tableFilter]["INPUT"]
+	if slices.Contains(in, oldJump) || !slices.Contains(in, strings.TrimPrefix(jumpNonLocal, "-A INPUT ")) || !slices.Contains(in, "-i lo -j ACCEPT") {
+		t.Errorf("filter INPUT after the upgrade:\n%s", strings.Join(in, "\n"))
+	}
+	var want []string
+	for _, g := range guard("tcp", "default/web:http", 30001) {
+		want = append(want, strings.TrimPrefix(g, "-A KUBE-NODEPORT-NON-LOCAL "))
+	}
+	got := slices.Sorted(slices.Values(r.state[v4].chains[tableFilter][chainNodePortNonLocal]))
+	if slices.Sort(want); !slices.Equal(got, want) {
+		t.Errorf("KUBE-NODEPORT-NON-LOCAL after the upgrade:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

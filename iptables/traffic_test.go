@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -17,6 +18,8 @@ func TestSplitPortRules(t *testing.T) {
 	split := func(p *svc.Port) {
 		p.NodePort = 30080
 		p.ExternalIPs = addrs("192.0.2.7")
+		p.LoadBalancerIPs = addrs("203.0.113.9")
+		p.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
 		p.Traffic = svc.Traffic{ExternalLocal: true, Split: true}
 	}
 	external := func(p *svc.Port) { p.Name.External = true }
@@ -24,19 +27,26 @@ func TestSplitPortRules(t *testing.T) {
 	if err := p.SyncPortals(context.Background(), []svc.Portal{web(30001, split), web(30002, split, external)}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{jumpPortalsPre, jumpPortalsOut, jumpNodePortPre, jumpNodePortOut, jumpNonLocal, jumpPortWait,
+	want := append(slices.Clone(allJumps),
 		`-A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 30001`,
 		`-A KUBE-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
 		`-A KUBE-PORTALS-HOST -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
 		`-A KUBE-NODEPORT-HOST -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j DNAT --to-destination 10.0.0.1:30001`,
-		`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http" -m tcp --dport 30001 -m conntrack --ctstate NEW -j ACCEPT`,
+		`-A KUBE-PORTALS-HOST -s 198.51.100.0/24 -d 203.0.113.9/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:30001`,
+		// One DROP for the LB IP, although both portals carry it.
+		`-A UPROXY-LB-FIREWALL -d 203.0.113.9/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 -j DROP`,
 		`-A KUBE-PORTALS-CONTAINER -d 192.0.2.7/32 -p tcp -m comment --comment "default/web:http/external" -m tcp --dport 80 -j REDIRECT --to-ports 30002`,
 		`-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http/external" -m tcp --dport 30080 -j REDIRECT --to-ports 30002`,
-		`-A KUBE-NODEPORT-NON-LOCAL -p tcp -m comment --comment "default/web:http/external" -m tcp --dport 30002 -m conntrack --ctstate NEW -j ACCEPT`,
-	}
+		`-A KUBE-PORTALS-CONTAINER -s 198.51.100.0/24 -d 203.0.113.9/32 -p tcp -m comment --comment "default/web:http/external" -m tcp --dport 80 -j REDIRECT --to-ports 30002`,
+	)
+	want = append(want, guard("tcp", "default/web:http", 30001)...)
+	want = append(want, guard("tcp", "default/web:http/external", 30002)...)
 	slices.Sort(want)
 	if got := ourLines(r.state[v4].save()); !slices.Equal(got, want) {
 		t.Errorf("installed rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if c := p.conflicts[v4]; c != "" {
+		t.Errorf("conflicts: %s", c)
 	}
 	// A restart takes both proxy ports back from the comments.
 	ports, err := p.InstalledProxyPorts(context.Background())

@@ -116,6 +116,13 @@ type Port struct {
 
 	ExternalIPs     []netip.Addr
 	LoadBalancerIPs []netip.Addr // status.loadBalancer.ingress[].ip
+	// LoadBalancerSourceRanges is spec.loadBalancerSourceRanges (every IP
+	// family): when not empty, traffic to LoadBalancerIPs is portalled only
+	// from these sources and dropped from others (as kube-proxy's
+	// firewall chain). An invalid (zero) Prefix admits nobody: watch/ puts
+	// one there when the service lists ranges but none of them parses, so
+	// the restriction fails closed.
+	LoadBalancerSourceRanges []netip.Prefix
 
 	Affinity Affinity
 	// InternalLocal is internalTrafficPolicy: Local; watch/ has already
@@ -131,7 +138,8 @@ func (p Port) Equal(o Port) bool {
 	return p.Name == o.Name && p.Protocol == o.Protocol && p.Port == o.Port &&
 		p.NodePort == o.NodePort && p.Affinity == o.Affinity && p.InternalLocal == o.InternalLocal && p.Traffic == o.Traffic &&
 		slices.Equal(p.ClusterIPs, o.ClusterIPs) && slices.Equal(p.ExternalIPs, o.ExternalIPs) &&
-		slices.Equal(p.LoadBalancerIPs, o.LoadBalancerIPs)
+		slices.Equal(p.LoadBalancerIPs, o.LoadBalancerIPs) &&
+		slices.Equal(p.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges)
 }
 
 // PortalAddrs returns every address the port is reachable on through a

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -130,6 +131,7 @@ func convertService(s *v1.Service, proxyName string, log zerolog.Logger) *servic
 		lbStrs = append(lbStrs, ing.IP)
 	}
 	lbIPs := bad.addrs("status.loadBalancer.ingress[].ip", lbStrs)
+	lbRanges := bad.sourceRanges(s.Spec.LoadBalancerSourceRanges)
 
 	var aff svc.Affinity
 	if s.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
@@ -181,6 +183,8 @@ func convertService(s *v1.Service, proxyName string, log zerolog.Logger) *servic
 			Affinity:        aff,
 			InternalLocal:   internalLocal,
 			Traffic:         traffic,
+
+			LoadBalancerSourceRanges: lbRanges,
 		})
 	}
 	return info
@@ -228,6 +232,38 @@ func (b badField) addrs(field string, in []string) []netip.Addr {
 			continue
 		}
 		out = append(out, a)
+	}
+	return out
+}
+
+// sourceRanges parses spec.loadBalancerSourceRanges (CIDRs, surrounding
+// spaces allowed), skipping invalid and duplicate ones with a warning each.
+// When ranges are listed but none parses, it returns one invalid Prefix,
+// which admits nobody (svc.Port.LoadBalancerSourceRanges): a restriction
+// the service asked for fails closed instead of opening the LB IPs to every
+// source.
+func (b badField) sourceRanges(in []string) []netip.Prefix {
+	const field = "spec.loadBalancerSourceRanges"
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || p.Addr().Zone() != "" {
+			b.report(field, s, "not a CIDR, skipped")
+			continue
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // ::ffff:10.0.0.0/104 is 10.0.0.0/8
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		p = p.Masked()
+		if slices.Contains(out, p) {
+			b.report(field, s, "duplicate range skipped")
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(in) > 0 && len(out) == 0 {
+		b.report(field, strings.Join(in, ","), "no valid range: load-balancer IPs admit no source")
+		return []netip.Prefix{{}}
 	}
 	return out
 }

@@ -229,6 +229,7 @@ func TestConversion(t *testing.T) {
 					s.Spec.Ports[0].NodePort = 30080
 					s.Spec.ExternalIPs = []string{"203.0.113.7"}
 					s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+					s.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24", "2001:db8::/32"}
 					s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{
 						{IP: "198.51.100.1"}, {Hostname: "lb.example.com"},
 						{IP: "198.51.100.2", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)},
@@ -244,6 +245,9 @@ func TestConversion(t *testing.T) {
 					Name: pn("ns", "lb", "http"), Protocol: svc.TCP, Port: 80, NodePort: 30080,
 					ClusterIPs: addrs("10.96.0.10"), ExternalIPs: addrs("203.0.113.7"), LoadBalancerIPs: addrs("198.51.100.1"),
 					Affinity: svc.Affinity{ClientIP: true, Timeout: 10800 * time.Second},
+					// Both families: a range list of the other family only
+					// must still restrict (iptables/ admits nobody then).
+					LoadBalancerSourceRanges: prefixes("192.0.2.0/24", "2001:db8::/32"),
 				},
 				{
 					Name: pn("ns", "short", "http"), Protocol: svc.TCP, Port: 80, ClusterIPs: addrs("10.96.0.11"),
