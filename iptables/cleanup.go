@@ -12,8 +12,8 @@ import (
 // Cleanup (--cleanup) removes every chain and jump uproxy or legacy
 // userspace kube-proxy created, in both families: the jumps into
 // KUBE-PORTALS-CONTAINER, KUBE-PORTALS-HOST, KUBE-NODEPORT-CONTAINER,
-// KUBE-NODEPORT-HOST and KUBE-NODEPORT-NON-LOCAL from any chain (whatever
-// their comment), then the chains. It finds them with iptables-save and
+// KUBE-NODEPORT-HOST, KUBE-NODEPORT-NON-LOCAL, UPROXY-LB-FIREWALL and
+// UPROXY-PORT-WAIT from any chain (whatever their comment), then the chains. It finds them with iptables-save and
 // removes them with go-iptables, one rule at a time (cleanup is rare; the
 // per-rule cost does not matter here). Running it again finds nothing and
 // succeeds. A missing ip6tables is not an error; a missing iptables is.

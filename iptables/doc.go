@@ -13,12 +13,19 @@
 //	nat    OUTPUT     (first) -> KUBE-PORTALS-HOST        traffic from the node itself: DNAT to nodeIP:proxyPort
 //	nat    PREROUTING (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-CONTAINER
 //	nat    OUTPUT     (last, -m addrtype --dst-type LOCAL) -> KUBE-NODEPORT-HOST
-//	filter INPUT      (first) -> KUBE-NODEPORT-NON-LOCAL  ACCEPT new connections to the proxy ports
+//	filter INPUT      (first, new) -> KUBE-NODEPORT-NON-LOCAL  proxy ports: ACCEPT portal traffic (DNAT), DROP other traffic from outside the node
+//	filter INPUT, FORWARD, OUTPUT (first, new) -> UPROXY-LB-FIREWALL  DROP LB IP traffic from sources outside loadBalancerSourceRanges
 //	mangle INPUT      (first) -> UPROXY-PORT-WAIT         DROP new connections to a proxy port nothing listens on
 //
 // UPROXY-PORT-WAIT is uproxy's own: while uproxy restarts, a client's SYN to
 // a portal is dropped (and retransmitted a second later, to the next
 // instance) instead of reset; see portWaitRules.
+//
+// The proxy listens on every address, so KUBE-NODEPORT-NON-LOCAL makes a
+// proxy port reachable only as a portal: see proxyPortRules. A Service with
+// loadBalancerSourceRanges gets its LB IP portal rules once per range
+// (-s CIDR), and UPROXY-LB-FIREWALL drops what they did not redirect, as
+// kube-proxy's KUBE-PROXY-FIREWALL: see lbSources and lbFirewallRule.
 //
 // Every rule carries `-m comment --comment "ns/name:port"`; that comment is
 // how InstalledProxyPorts gives a restarted uproxy its proxy ports back.
@@ -56,5 +63,5 @@
 // What it does not do: it opens no sockets for the portals (proxy/ listens),
 // it never flushes rules at start-up (a restarted uproxy re-reads its proxy
 // ports first, see InstalledProxyPorts), and it never touches tables or
-// chains other than the six above and the jumps into them.
+// chains other than the seven above and the jumps into them.
 package iptables
