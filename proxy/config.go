@@ -26,7 +26,10 @@ type Config struct {
 	PortRange PortRange  // proxy ports; empty: kernel-chosen
 	Mode      PortalMode // default ModeIPTables
 
-	UDPIdleTimeout   time.Duration // a UDP session ends after this long without traffic; default 250ms
+	// UDPIdleTimeout: a UDP session (and its reply path) lasts this long
+	// after the last datagram in either direction; default 10s (see
+	// DefaultUDPIdleTimeout).
+	UDPIdleTimeout   time.Duration
 	UDPMaxSessions   int           // UDP sessions per service port; default 4096
 	TCPIdleTimeout   time.Duration // a TCP connection with no data either way is closed; default 1h
 	HalfCloseTimeout time.Duration // a half-closed TCP connection idle this long is closed; default 60s
@@ -64,7 +67,21 @@ type Config struct {
 
 // Defaults used when a Config field is zero.
 const (
-	DefaultUDPIdleTimeout   = 250 * time.Millisecond
+	// DefaultUDPIdleTimeout is 10s, not legacy kube-proxy's 250ms, which
+	// dropped any reply slower than that (a DNS query CoreDNS forwards to a
+	// slow upstream; the client then waited for its resolver's retry, 5 s
+	// with glibc). CoreDNS's forward plugin gives up on a query after 5 s,
+	// so a reply comes within 5 s of the last query datagram; twice that
+	// leaves room for our own scheduling delay. It stays below conntrack's
+	// UDP timeouts (30 s unreplied, 120 s stream), so the NAT entry that
+	// un-REDIRECTs replies outlives the session. Cost: a session holds
+	// one fd and ~5 KiB (heap and goroutine stack, median of
+	// BenchmarkUDPSessionFootprint) for 40× longer, so the same rate of new
+	// client ports keeps 40× as many sessions open; the per-port cap
+	// (UDPMaxSessions) bounds them: 4096 sessions ≈ 4096 fds and ~20 MiB,
+	// reached at ~410 new client ports per second per service port, beyond
+	// which datagrams of new clients are dropped and counted.
+	DefaultUDPIdleTimeout   = 10 * time.Second
 	DefaultUDPMaxSessions   = 4096
 	DefaultTCPIdleTimeout   = time.Hour
 	DefaultHalfCloseTimeout = 60 * time.Second

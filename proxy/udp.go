@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -39,6 +40,7 @@ type udpSession struct {
 	srv    *udpServer
 	client netip.AddrPort // as received: the session's key
 	name   sockName       // client as the kernel gave it: the replies' destination
+	ctrl   []byte         // IP(V6)_PKTINFO: replies leave from the address the client sent to (udppktinfo.go)
 	be     *backend
 	conn   *net.UDPConn    // connected to be
 	rc     syscall.RawConn // conn's
@@ -50,6 +52,9 @@ func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) (*udpServer, error)
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
+	}
+	if err := enablePktinfo(rc); err != nil {
+		return nil, fmt.Errorf("IP_PKTINFO on %s: %w", c.LocalAddr(), err)
 	}
 	return &udpServer{p: p, ps: ps, conn: c, rc: rc, sessions: map[netip.AddrPort]*udpSession{}}, nil
 }
@@ -79,7 +84,7 @@ func (s *udpServer) serve() {
 		}
 		for i := range n {
 			caddr, name := b.sender(i)
-			sess[i] = s.session(caddr, &name)
+			sess[i] = s.session(caddr, &name, b, i)
 		}
 		b.fanOut(&sess, s.sendFailed)
 		b.release()
@@ -96,8 +101,9 @@ func (s *udpServer) sendFailed(sess *udpSession, err error) {
 
 // session returns the client's session, creating one when there is none or
 // when its endpoint was removed or ejected (the session moves). It returns
-// nil when the datagram must be dropped (cap reached, no endpoint).
-func (s *udpServer) session(caddr netip.AddrPort, name *sockName) *udpSession {
+// nil when the datagram must be dropped (cap reached, no endpoint). A new
+// session takes its replies' source from datagram i of b.
+func (s *udpServer) session(caddr netip.AddrPort, name *sockName, b *udpBatch, i int) *udpSession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sess := s.sessions[caddr]; sess != nil {
@@ -134,7 +140,7 @@ func (s *udpServer) session(caddr netip.AddrPort, name *sockName) *udpSession {
 			be.dialFails.Add(1)
 			continue
 		}
-		sess := &udpSession{srv: s, client: caddr, name: *name, be: be, conn: c, rc: rc}
+		sess := &udpSession{srv: s, client: caddr, name: *name, ctrl: pktinfoCmsg(b.local(i)), be: be, conn: c, rc: rc}
 		sess.last.Store(mono())
 		s.sessions[caddr] = sess
 		ps.stats.udpActive.Add(1)
@@ -211,7 +217,7 @@ func (sess *udpSession) proxyReplies() {
 		if sess.be.health.ejected.Load() {
 			s.p.readmit(s.ps, sess.be, "udp reply", false)
 		}
-		err := b.sendAll(s.rc, &sess.name) // a refused reply is lost: UDP's contract
+		err := b.sendAll(s.rc, &sess.name, sess.ctrl) // a refused reply is lost: UDP's contract
 		b.release()
 		if errors.Is(err, net.ErrClosed) {
 			return

@@ -24,6 +24,7 @@ type udpBatch struct {
 	msgs  [udpBatchSize]unix.Mmsghdr
 	iovs  [udpBatchSize]unix.Iovec
 	names [udpBatchSize]unix.RawSockaddrInet6 // senders (recv with names)
+	ctrls *[udpBatchSize][udpCtrlSize]byte    // IP(V6)_PKTINFO of each datagram (recv with names only: a session's batch does without)
 	bufs  [udpBatchSize]*[]byte
 	n     int // datagrams in hand after recv
 
@@ -45,6 +46,9 @@ type sockName struct {
 
 func newUDPBatch(withNames bool) *udpBatch {
 	b := &udpBatch{withNames: withNames}
+	if withNames {
+		b.ctrls = new([udpBatchSize][udpCtrlSize]byte)
+	}
 	b.recvFn, b.out.fn = b.recvFD, b.out.sendFD
 	return b
 }
@@ -77,6 +81,8 @@ func (b *udpBatch) recvFD(fd uintptr) bool {
 		if b.withNames {
 			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 			h.Namelen = unix.SizeofSockaddrInet6
+			h.Control = &b.ctrls[i][0]
+			h.SetControllen(udpCtrlSize)
 		}
 		b.msgs[i].Len = 0
 	}
@@ -113,6 +119,17 @@ func (b *udpBatch) sender(i int) (netip.AddrPort, sockName) {
 	return netip.AddrPort{}, name
 }
 
+// local is the address datagram i was sent to as this host received it
+// (after NAT: for a REDIRECTed datagram the redirected local address), from
+// its IP_PKTINFO or IPV6_PKTINFO (recv with names on a socket with
+// enablePktinfo); invalid when the kernel gave none.
+func (b *udpBatch) local(i int) netip.Addr {
+	if b.ctrls == nil {
+		return netip.Addr{}
+	}
+	return pktinfoLocal(b.ctrls[i][:min(int(b.msgs[i].Hdr.Controllen), udpCtrlSize)])
+}
+
 // release returns the batch's buffers to the pool.
 func (b *udpBatch) release() {
 	for i, buf := range b.bufs {
@@ -126,14 +143,19 @@ func (b *udpBatch) release() {
 }
 
 // sendAll sends the batch in hand (datagrams 0..n-1, as received) to dst
-// through rc with sendmmsg; see mmsgSender.send.
-func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName) error {
+// through rc with sendmmsg, each with the control message ctrl (the reply's
+// source, see pktinfoCmsg; nil: the kernel picks it); see mmsgSender.send.
+func (b *udpBatch) sendAll(rc syscall.RawConn, dst *sockName, ctrl []byte) error {
 	for i := 0; i < b.n; i++ {
 		b.iovs[i].SetLen(int(b.msgs[i].Len))
 		h := &b.msgs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&dst.raw))
 		h.Namelen = dst.len
 		h.Control, h.Controllen, h.Flags = nil, 0, 0
+		if len(ctrl) > 0 {
+			h.Control = &ctrl[0]
+			h.SetControllen(len(ctrl))
+		}
 	}
 	return b.out.send(rc, b.msgs[:b.n])
 }

@@ -20,7 +20,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	want := options{
 		BindAddress:        netip.MustParseAddr("0.0.0.0"),
-		UDPTimeout:         250 * time.Millisecond,
+		UDPTimeout:         10 * time.Second,
 		SyncPeriod:         30 * time.Second,
 		MinSyncPeriod:      time.Second,
 		ConfigSyncPeriod:   15 * time.Minute,
