@@ -48,10 +48,17 @@ type Config struct {
 	EjectMax  time.Duration // ejection cap; default 30s
 	// EarlyResetWindow: an endpoint that resets (or closes before sending a
 	// byte while the client is still sending) within this time after connect
-	// counts as failed; the connection is retried on another endpoint when the
-	// client's bytes so far fit the replay buffer. Default 100ms.
+	// and before acknowledging any byte of the client's counts as failed
+	// (ejected); the connection is retried on another endpoint when the
+	// client's bytes so far fit the replay buffer. A reset after the
+	// endpoint acknowledged data is passed to the client: a replay could
+	// duplicate the request. Default 100ms.
 	EarlyResetWindow time.Duration
-	ProbeTimeout     time.Duration // active TCP probe connect timeout; default 1s
+	// NoEarlyResetReplay keeps the connection on the endpoint that failed
+	// right after connect: the client sees the reset (the endpoint is still
+	// ejected). --early-reset-replay=false.
+	NoEarlyResetReplay bool
+	ProbeTimeout       time.Duration // active TCP probe connect timeout; default 1s
 
 	DialTimeoutFloor    time.Duration // adaptive first-try dial timeout bounds; default 50ms
 	DialTimeoutCeiling  time.Duration // default 250ms

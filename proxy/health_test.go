@@ -101,40 +101,6 @@ func TestTerminatingFallback(t *testing.T) {
 	}
 }
 
-func TestEarlyResetMovesConnectionAndEjects(t *testing.T) {
-	tests := map[string]struct {
-		disable    bool
-		wantFailed bool
-	}{
-		"with ejection the client never sees the reset": {},
-		"without ejection the reset reaches the client": {disable: true, wantFailed: true},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			p, _ := newProxier(t, Config{EjectBase: time.Minute, DisableEjection: tc.disable})
-			n := pn("reset", "")
-			mustSync(t, p, tcpPort(n, 80))
-			bad := newBackend(t, "bad", "reset")
-			p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(bad.addr(), newBackend(t, "good", "who").addr())})
-			failed := 0
-			for range 10 {
-				if out, err := roundTrip(addrOf(p, n), "x"); err != nil || out != "good:x" {
-					failed++
-				}
-			}
-			if (failed > 0) != tc.wantFailed {
-				t.Fatalf("%d of 10 failed", failed)
-			}
-			st := p.Snapshot()[0]
-			// The reset is seen either by the read after connect (the
-			// connection is replayed) or already by connect (a retry).
-			if !tc.disable && (st.Endpoints[0].State != "ejected" || bad.hits.Load() != 1 || st.Replays+st.Retries != 1) {
-				t.Fatalf("bad endpoint %+v hits %d replays %d retries %d", st.Endpoints[0], bad.hits.Load(), st.Replays, st.Retries)
-			}
-		})
-	}
-}
-
 func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func TestBackoffDoublesToCap(t *testing.T) {

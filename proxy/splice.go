@@ -283,28 +283,50 @@ func (r *tcpRelay) commit() {
 }
 
 // earlyFailure reports whether a read error on bc before the endpoint's
-// first byte means the endpoint failed: a reset, or an EOF while the client
-// had not half-closed (or after a client write to bc failed), within
-// EarlyResetWindow of the connect.
+// first byte is a connect-level failure of the endpoint: within
+// EarlyResetWindow of the connect, a reset (or an EOF while the client had
+// not half-closed, or after a client write to bc failed) before the
+// endpoint's TCP stack acknowledged a single byte we sent it (nothingAcked).
+// Only such a failure ejects the endpoint and moves the connection: the
+// endpoint's application cannot have read any of the request, so the replay
+// cannot make it run twice (HAProxy's retry-on conn-failure; Envoy's
+// connect-failure, not its reset). A reset or close after the endpoint took
+// some of the request may be its answer by design, or come after it did the
+// work: it reaches the client as it is and the endpoint stays in.
 func (r *tcpRelay) earlyFailure(bc *net.TCPConn, err error) bool {
 	if r.p.cfg.DisableEjection || mono()-r.connectedAt > int64(r.p.cfg.EarlyResetWindow) {
 		return false
 	}
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
-	}
-	if err != io.EOF {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+	case err == io.EOF:
+		r.mu.Lock()
+		failed := !r.clientEOF || r.upBroken == bc
+		r.mu.Unlock()
+		if !failed {
+			return false
+		}
+	default:
 		return false
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return !r.clientEOF || r.upBroken == bc
+	return nothingAcked(bc)
 }
 
-// retryEarly ejects the endpoint that failed right after connect and moves
-// the connection to another one, replaying what the client sent so far. It
-// reports false when that is impossible (replay overflow, tries exhausted,
-// no other endpoint answering).
+// nothingAcked reports whether the peer acknowledged none of the bytes
+// written to c: TCP_INFO tcpi_bytes_acked, which counts our SYN too (1 on a
+// fresh connection, 1+n after n data bytes were acknowledged) and is kept
+// after a reset (measured: 1, then 6 after "hello" and the peer's reset).
+// Unknown counts as acknowledged: no replay when in doubt.
+func nothingAcked(c *net.TCPConn) bool {
+	info, ok := tcpInfo(c)
+	return ok && info.Bytes_acked <= 1
+}
+
+// retryEarly ejects the endpoint that failed right after connect (see
+// earlyFailure) and moves the connection to another one, replaying what the
+// client sent so far (none of which the failed endpoint acknowledged). It
+// reports false when that is impossible (replay off, replay overflow, tries
+// exhausted, no other endpoint answering).
 func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {
 	r.mu.Lock()
 	oldBe := r.be
@@ -313,7 +335,7 @@ func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {
 	r.p.endpointFailed(r.ps, oldBe, false, "reset after connect", cause)
 	r.ps.bal.forget(r.caddr.Addr())
 	r.mu.Lock()
-	can := !r.overflow && r.tried.n < len(r.p.cfg.RetryTimeouts)
+	can := !r.p.cfg.NoEarlyResetReplay && !r.overflow && r.tried.n < len(r.p.cfg.RetryTimeouts)
 	r.mu.Unlock()
 	if !can {
 		return false

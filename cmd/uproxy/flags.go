@@ -74,6 +74,7 @@ type options struct {
 	UDPMaxSessions   int
 	ShutdownGrace    time.Duration
 	DisableEjection  bool
+	EarlyResetReplay bool
 
 	// HealthzRequireAPIServer makes /healthz 503 while the API server has
 	// not answered for 2 x SyncPeriod (off: kube-proxy's semantics).
@@ -124,6 +125,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.IntVar(&raw.udpMaxSessions, "udp-max-sessions", proxy.DefaultUDPMaxSessions, "Maximum number of concurrent UDP sessions (client ip:port) per service port; datagrams from new clients beyond it are dropped and counted.")
 	fs.DurationVar(&raw.shutdownGrace, "shutdown-grace", 20*time.Second, "On SIGTERM/SIGINT, how long established connections may drain before uproxy exits. Portal rules stay in place so a restarted uproxy takes its ports back.")
 	fs.BoolVar(&raw.disableEjection, "disable-ejection", false, "Do not eject failing endpoints (for measurements only).")
+	fs.BoolVar(&raw.earlyResetReplay, "early-reset-replay", true, "Move a connection whose endpoint reset it within 100ms of connect, before acknowledging any byte of it, to another endpoint, replaying the client's bytes (up to 64 KiB). A reset after the endpoint acknowledged data always reaches the client (a replay could duplicate the request). false: such resets reach the client too.")
 	return fs
 }
 
@@ -139,6 +141,7 @@ type rawFlags struct {
 	iptablesBackend, healthSocket                                     string
 	checkpointPath                                                    string
 	healthzRequireAPIServer                                           bool
+	earlyResetReplay                                                  bool
 	shutdownGrace                                                     time.Duration
 	config, writeConfigTo                                             string
 }
@@ -211,6 +214,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		UDPMaxSessions:      raw.udpMaxSessions,
 		ShutdownGrace:       raw.shutdownGrace,
 		DisableEjection:     raw.disableEjection,
+		EarlyResetReplay:    raw.earlyResetReplay,
 	}
 	var err error
 	if o.BindAddress, err = netip.ParseAddr(raw.bindAddress); err != nil {

@@ -32,6 +32,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		UDPMaxSessions:     4096,
 		ShutdownGrace:      20 * time.Second,
 		CheckpointPath:     "/var/lib/uproxy/state.json",
+		EarlyResetReplay:   true,
 	}
 	if !reflect.DeepEqual(*o, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", *o, want)
@@ -185,6 +186,10 @@ func TestParseFlags(t *testing.T) {
 		"shutdown grace": {
 			args:  []string{"--shutdown-grace=0s", "--disable-ejection"},
 			check: func(o *options) bool { return o.ShutdownGrace == 0 && o.DisableEjection },
+		},
+		"early reset replay off": {
+			args:  []string{"--early-reset-replay=false"},
+			check: func(o *options) bool { return !o.EarlyResetReplay },
 		},
 		"shutdown grace negative": {args: []string{"--shutdown-grace=-1s"}, wantErr: "invalid --shutdown-grace"},
 		"unknown flag":            {args: []string{"--proxy-mode=iptables"}, wantErr: "unknown flag: --proxy-mode"},

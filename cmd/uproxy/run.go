@@ -127,13 +127,14 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	go runComponent(runCtx, &wg, errc, "source", func(ctx context.Context) error { return source.Run(ctx, tracker) })
 
 	pcfg := proxy.Config{
-		BindAddr:        opts.BindAddress,
-		PortRange:       opts.ProxyPortRange,
-		UDPIdleTimeout:  opts.UDPTimeout,
-		UDPMaxSessions:  opts.UDPMaxSessions,
-		DisableEjection: opts.DisableEjection,
-		ReusePort:       true, // a surging or restarted instance can take the same ports
-		NodeName:        name,
+		BindAddr:           opts.BindAddress,
+		PortRange:          opts.ProxyPortRange,
+		UDPIdleTimeout:     opts.UDPTimeout,
+		UDPMaxSessions:     opts.UDPMaxSessions,
+		DisableEjection:    opts.DisableEjection,
+		NoEarlyResetReplay: !opts.EarlyResetReplay,
+		ReusePort:          true, // a surging or restarted instance can take the same ports
+		NodeName:           name,
 	}
 	var portals svc.PortalSyncer // stays a nil interface in direct mode
 	var stopErr error
