@@ -32,6 +32,12 @@ const (
 	NodeIP     = "10.244.0.1"
 	PodCIDR    = "10.244.0.0/24"
 	BridgeName = "upbr0"
+
+	// IPv6 addresses of a dual-stack bed (Options.DualStack), all ULA and
+	// only inside the bed's namespaces.
+	NodeIP6      = "fd00:10:244::1"
+	PodCIDR6     = "fd00:10:244::/64"
+	ServiceCIDR6 = "fd00:10:96::/112"
 )
 
 // Options configure a bed. Zero values pick the defaults.
@@ -51,6 +57,11 @@ type Options struct {
 	// kubelet run pods as containers (see node_runtime.go) instead of the
 	// node agent playing kubelet with namespaces.
 	Kubelet bool
+	// DualStack gives the bed IPv6 as well (agent mode only): the API
+	// server allocates cluster IPs from both ServiceCIDR and ServiceCIDR6,
+	// the node, pods and clients get IPv6 addresses (NodeIP6, PodCIDR6)
+	// besides their IPv4 ones, and the Node object lists both InternalIPs.
+	DualStack bool
 }
 
 // Bed is a running control plane plus node. Its methods are safe for use by
@@ -137,6 +148,21 @@ func New(ctx context.Context, opts Options) (_ *Bed, err error) {
 
 func (b *Bed) path(name string) string { return filepath.Join(b.Dir, name) }
 
+// enableIPv6 switches IPv6 on in namespace n (a kernel may start new
+// namespaces with it disabled) before its interfaces are created, plus the
+// extra sysctls given. Without IPv6 a dual-stack bed fails: it never skips.
+func enableIPv6(n *Netns, extra ...string) error {
+	args := append([]string{"sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0"}, extra...)
+	if _, err := n.Output(context.Background(), args...); err != nil {
+		return fmt.Errorf("dual-stack bed: enabling IPv6 in %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// podIP6 is the IPv6 address of the pod or client with IPv4 address
+// podIP(octet) in a dual-stack bed.
+func podIP6(octet int) string { return fmt.Sprintf("fd00:10:244::%d", octet) }
+
 // setupNode creates the node namespace: bridge 10.244.0.1/24, default route
 // on the bridge (node-IP detection), ip_forward on. br_netfilter is switched
 // off in the namespace (when the kernel has it): clients reach service IPs
@@ -148,15 +174,25 @@ func (b *Bed) setupNode() error {
 		return err
 	}
 	b.Node = n
-	if err := n.IPBatch(
+	lines := []string{
 		// A fixed MAC: a bridge without one takes the lowest MAC of its
 		// ports and changes it as pods come and go, which leaves clients'
 		// ARP entries for the node pointing at a pod's veth (SYNs vanish).
-		"link add "+BridgeName+" address "+macFor(1)+" type bridge",
-		"addr add "+NodeIP+"/24 dev "+BridgeName,
-		"link set "+BridgeName+" up",
-		"route add default dev "+BridgeName,
-	); err != nil {
+		"link add " + BridgeName + " address " + macFor(1) + " type bridge",
+		"addr add " + NodeIP + "/24 dev " + BridgeName,
+		"link set " + BridgeName + " up",
+		"route add default dev " + BridgeName,
+	}
+	if b.opts.DualStack {
+		if b.opts.Kubelet {
+			return errors.New("DualStack is for the agent bed only")
+		}
+		if err := enableIPv6(n, "net.ipv6.conf.all.forwarding=1"); err != nil {
+			return err
+		}
+		lines = append(lines, "addr add "+NodeIP6+"/64 dev "+BridgeName+" nodad", "route add ::/0 dev "+BridgeName)
+	}
+	if err := n.IPBatch(lines...); err != nil {
 		return err
 	}
 	_, err = n.Output(context.Background(), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")

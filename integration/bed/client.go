@@ -17,6 +17,7 @@ type Client struct {
 	b    *Bed
 	NS   *Netns
 	IP   string
+	IP6  string // fd00:10:244::<octet> in a dual-stack bed, else ""
 	veth string
 }
 
@@ -42,14 +43,23 @@ func (b *Bed) newClient() (*Client, error) {
 		return nil, err
 	}
 	c := &Client{b: b, NS: ns, IP: podIP(octet), veth: fmt.Sprintf("vc%d", octet)}
+	lines := []string{"link set eth0 address " + macFor(octet), "addr add " + c.IP + "/24 dev eth0",
+		"link set eth0 up", "route add default via " + NodeIP}
+	if b.opts.DualStack {
+		c.IP6 = podIP6(octet)
+		lines = append(lines, "addr add "+c.IP6+"/64 dev eth0 nodad", "route add ::/0 via "+NodeIP6)
+		if err = enableIPv6(ns); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
 	err = b.Node.IPBatch(
 		fmt.Sprintf("link add %s type veth peer name eth0 netns %s", c.veth, ns.Name),
 		fmt.Sprintf("link set %s master %s", c.veth, BridgeName),
 		fmt.Sprintf("link set %s up", c.veth),
 	)
 	if err == nil {
-		err = ns.IPBatch("link set eth0 address "+macFor(octet), "addr add "+c.IP+"/24 dev eth0",
-			"link set eth0 up", "route add default via "+NodeIP)
+		err = ns.IPBatch(lines...)
 	}
 	if err != nil {
 		c.close()

@@ -107,7 +107,7 @@ func (b *Bed) StartAPIServer() error {
 		// namespaces can reach it.
 		"--bind-address", "0.0.0.0", "--secure-port", apiPort, "--advertise-address", NodeIP,
 		"--cert-dir", b.path("certs"), "--token-auth-file", b.path("tokens.csv"),
-		"--authorization-mode", "Node,RBAC", "--service-cluster-ip-range", serviceCIDR,
+		"--authorization-mode", "Node,RBAC", "--service-cluster-ip-range", b.serviceCIDRs(),
 		"--service-account-key-file", b.path("sa.pub"), "--service-account-signing-key-file", b.path("sa.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--enable-priority-and-fairness=false", "--profiling=false", "--endpoint-reconciler-type", "lease",
@@ -121,6 +121,17 @@ func (b *Bed) StartAPIServer() error {
 	}
 	b.apiserver = p
 	return nil
+}
+
+// serviceCIDRs is --service-cluster-ip-range: IPv4, and IPv6 in a
+// dual-stack bed (a Service asking for PreferDualStack gets an IP of each).
+// The agent bed needs no node IPAM (--allocate-node-cidrs): the bed writes
+// the Node's podCIDRs itself.
+func (b *Bed) serviceCIDRs() string {
+	if b.opts.DualStack {
+		return serviceCIDR + "," + ServiceCIDR6
+	}
+	return serviceCIDR
 }
 
 // StopAPIServer SIGTERMs kube-apiserver and waits for it.
@@ -242,6 +253,9 @@ func (b *Bed) createNode(ctx context.Context) error {
 		}},
 		Spec: corev1.NodeSpec{PodCIDR: PodCIDR, PodCIDRs: []string{PodCIDR}},
 	}
+	if b.opts.DualStack {
+		node.Spec.PodCIDRs = append(node.Spec.PodCIDRs, PodCIDR6)
+	}
 	created, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create node: %w", err)
@@ -254,6 +268,9 @@ func (b *Bed) createNode(ctx context.Context) error {
 			Message: "uproxy bed node agent", LastHeartbeatTime: now, LastTransitionTime: now,
 		}},
 		Capacity: corev1.ResourceList{corev1.ResourcePods: mustQuantity("200")},
+	}
+	if b.opts.DualStack {
+		created.Status.Addresses = append(created.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: NodeIP6})
 	}
 	created.Status.Allocatable = created.Status.Capacity
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {

@@ -130,6 +130,12 @@ func (w *podWorker) start(pod *corev1.Pod) error {
 		return err
 	}
 	ip := podIP(octet)
+	dual := w.a.b.opts.DualStack
+	if dual {
+		if err := enableIPv6(ns); err != nil {
+			return err
+		}
+	}
 	if err := w.a.b.Node.IPBatch(
 		fmt.Sprintf("link add %s type veth peer name eth0 netns %s", w.veth, ns.Name),
 		fmt.Sprintf("link set %s master %s", w.veth, BridgeName),
@@ -137,12 +143,16 @@ func (w *podWorker) start(pod *corev1.Pod) error {
 	); err != nil {
 		return err
 	}
-	if err := ns.IPBatch(
-		"link set eth0 address "+macFor(octet),
-		"addr add "+ip+"/24 dev eth0",
+	lines := []string{
+		"link set eth0 address " + macFor(octet),
+		"addr add " + ip + "/24 dev eth0",
 		"link set eth0 up",
-		"route add default via "+NodeIP,
-	); err != nil {
+		"route add default via " + NodeIP,
+	}
+	if dual {
+		lines = append(lines, "addr add "+podIP6(octet)+"/64 dev eth0 nodad", "route add ::/0 via "+NodeIP6)
+	}
+	if err := ns.IPBatch(lines...); err != nil {
 		return err
 	}
 	c := pod.Spec.Containers[0]
@@ -213,7 +223,10 @@ func echoArgs(c corev1.Container) []string {
 // Ready as set (and false once the server is gone).
 func (w *podWorker) pushStatus(ctx context.Context) error {
 	w.mu.Lock()
-	ip := podIP(w.octet)
+	ips := []string{podIP(w.octet)}
+	if w.a.b.opts.DualStack {
+		ips = append(ips, podIP6(w.octet))
+	}
 	running := w.proc != nil
 	ready := w.ready && running
 	w.mu.Unlock()
@@ -225,17 +238,26 @@ func (w *podWorker) pushStatus(ctx context.Context) error {
 		if pod.UID != w.uid {
 			return nil
 		}
-		setRunningStatus(pod, ip, running, ready)
+		setRunningStatus(pod, ips, running, ready)
 		_, err = w.a.client.CoreV1().Pods(w.namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 		return err
 	})
 }
 
-func setRunningStatus(pod *corev1.Pod, ip string, running, ready bool) {
+// setRunningStatus writes a Running (or Succeeded) status with the pod's
+// IPs: IPv4, then IPv6 in a dual-stack bed (the EndpointSlice controller
+// makes one slice per family from them).
+func setRunningStatus(pod *corev1.Pod, ips []string, running, ready bool) {
 	now := metav1.Now()
 	st := &pod.Status
 	st.HostIP, st.HostIPs = NodeIP, []corev1.HostIP{{IP: NodeIP}}
-	st.PodIP, st.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+	if len(ips) > 1 {
+		st.HostIPs = append(st.HostIPs, corev1.HostIP{IP: NodeIP6})
+	}
+	st.PodIP, st.PodIPs = ips[0], nil
+	for _, ip := range ips {
+		st.PodIPs = append(st.PodIPs, corev1.PodIP{IP: ip})
+	}
 	if st.StartTime == nil {
 		st.StartTime = &now
 	}

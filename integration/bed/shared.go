@@ -86,8 +86,9 @@ type sharedBed struct {
 	err  error
 }
 
-// shared is the namespace bed, sharedNode the kubelet node bed.
-var shared, sharedNode sharedBed
+// shared is the namespace bed, sharedNode the kubelet node bed, sharedDual
+// the dual-stack namespace bed.
+var shared, sharedNode, sharedDual sharedBed
 
 // start starts the bed once with opts.
 func (s *sharedBed) start(t testing.TB, opts Options, timeout time.Duration) *Bed {
@@ -128,11 +129,20 @@ func Shared(t testing.TB) *Bed {
 	return shared.start(t, Options{}, 3*time.Minute)
 }
 
+// SharedDualStack returns the test binary's dual-stack bed
+// (Options.DualStack), starting it on first use; Main tears it down. Tests
+// using it run one at a time, each in its own Kubernetes namespace.
+func SharedDualStack(t testing.TB) *Bed {
+	t.Helper()
+	Require(t)
+	return sharedDual.start(t, Options{DualStack: true}, 3*time.Minute)
+}
+
 // Main runs the tests and tears the shared bed down afterwards; call it from
 // TestMain: func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }.
 func Main(m *testing.M) int {
 	code := m.Run()
-	for _, b := range []*Bed{shared.bed, sharedNode.bed} {
+	for _, b := range []*Bed{shared.bed, sharedNode.bed, sharedDual.bed} {
 		if b == nil {
 			continue
 		}
