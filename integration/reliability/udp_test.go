@@ -11,9 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/uproxy/uproxy/integration/bed"
 )
@@ -58,37 +55,11 @@ func (w *world) startUDPBackend(delay time.Duration) udpBackend {
 	return udpBackend{ip: ns.IP, port: 5353}
 }
 
-// udpService creates a Service without selector with one UDP port 53 and an
-// EndpointSlice (managed by this test) pointing at be; it returns the
-// ClusterIP.
+// udpService creates a Service without selector with one UDP port 53 whose
+// EndpointSlice points at be; it returns the ClusterIP.
 func (w *world) udpService(name string, be udpBackend) string {
 	w.t.Helper()
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
-			Name: "dns", Protocol: corev1.ProtocolUDP, Port: portUDP, TargetPort: intstr.FromInt32(int32(be.port)),
-		}}},
-	}
-	created, err := w.b.Client.CoreV1().Services(w.ns).Create(w.ctx, svc, metav1.CreateOptions{})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	proto, port, ready := corev1.ProtocolUDP, int32(be.port), true
-	portName := "dns"
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: name + "-manual", Labels: map[string]string{
-			discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "uproxy-reliability-test",
-		}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{{
-			Addresses: []string{be.ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-		}},
-		Ports: []discoveryv1.EndpointPort{{Name: &portName, Protocol: &proto, Port: &port}},
-	}
-	if _, err := w.b.Client.DiscoveryV1().EndpointSlices(w.ns).Create(w.ctx, slice, metav1.CreateOptions{}); err != nil {
-		w.t.Fatal(err)
-	}
-	return created.Spec.ClusterIP
+	return w.manualService(name, corev1.ProtocolUDP, portUDP, int32(be.port), be.ip)
 }
 
 // udpExchange sends one datagram from an unconnected socket in the client
