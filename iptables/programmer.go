@@ -156,10 +156,14 @@ func newProgrammer(cfg Config, log zerolog.Logger, r runner, ct conntracker, now
 			if f == v4 {
 				return nil, st.avail
 			}
-			p.log.Info().Err(st.avail).Msg("IPv6 portal rules unavailable")
+			if p.dualStackListeners() {
+				p.log.Warn().Err(st.avail).Msg("IPv6 portal rules unavailable: the proxy ports listen on IPv6 too and are reachable directly at the node's IPv6 addresses (set --bind-address to an IPv4 address to avoid it)")
+			} else {
+				p.log.Info().Err(st.avail).Msg("IPv6 portal rules unavailable")
+			}
 			continue
 		}
-		st.active = f == v4 || p.familyConfigured(f)
+		st.active = f == v4 || p.familyConfigured(f) || p.dualStackListeners()
 		p.log.Info().Stringer("family", f).Stringer("backend", st.backend).Bool("active", st.active).Msg("iptables found")
 	}
 	return p, nil
@@ -171,6 +175,17 @@ func (p *Programmer) familyConfigured(f family) bool {
 		return true
 	}
 	return slices.ContainsFunc(p.cfg.NodeIPs, func(a netip.Addr) bool { return a.IsValid() && familyOf(a.Unmap()) == f })
+}
+
+// dualStackListeners reports whether the proxy ports listen on every
+// address of both families (an unspecified bind address: proxy/ opens
+// ":port"). Then IPv6 is programmed whenever ip6tables works, even with no
+// IPv6 node IP or portal: without KUBE-NODEPORT-NON-LOCAL's rules there, any
+// IPv6 address of the node (a link-local one at least) would reach every
+// proxy port directly (see proxyPortRules).
+func (p *Programmer) dualStackListeners() bool {
+	b := p.cfg.BindAddr.Unmap()
+	return !b.IsValid() || b.IsUnspecified()
 }
 
 // Collectors returns the Programmer's metrics for the caller to register.

@@ -357,3 +357,32 @@ func TestUpgradeReplacesOpenProxyPorts(t *testing.T) {
 		t.Errorf("KUBE-NODEPORT-NON-LOCAL after the upgrade:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestIPv6GuardWithoutIPv6Config: the proxy ports listen dual-stack when the
+// bind address is unspecified, so an IPv4-only configuration still gets
+// the proxy-port guard in ip6tables (a node always has IPv6 link-local
+// addresses); with a specific IPv4 bind address it writes no IPv6 rules.
+func TestIPv6GuardWithoutIPv6Config(t *testing.T) {
+	tests := map[string]struct {
+		bind netip.Addr
+		want []string
+	}{
+		"unspecified bind address: guard in IPv6": {
+			bind: netip.IPv4Unspecified(),
+			want: append(slices.Clone(allJumps), guard("tcp", "default/web:http", 30001)...),
+		},
+		"IPv4 bind address: no IPv6 rules": {bind: netip.MustParseAddr("10.0.0.5")},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p, r, _ := newTestProgrammer(t, Config{BindAddr: tc.bind, NodeIPs: []netip.Addr{nodeV4}})
+			if err := p.SyncPortals(context.Background(), []svc.Portal{web(30001)}); err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(tc.want)
+			if got := ourLines(r.state[v6].save()); !slices.Equal(got, tc.want) {
+				t.Errorf("ip6tables rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}

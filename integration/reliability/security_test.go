@@ -75,6 +75,21 @@ func TestProxyPortsOnlyAsPortals(t *testing.T) {
 	if strings.Contains(rUDP.Out, "ping") {
 		t.Errorf("client reached UDP proxy port %s:%d directly: %s", bed.NodeIP, udpProxy, rUDP)
 	}
+	// The listener is dual-stack while the bed's node has no IPv6 node IP:
+	// its bridge's IPv6 link-local address must not be a way in either.
+	ll := nodeLinkLocal(t, w)
+	llReached := false
+	if ll != "" {
+		addr := fmt.Sprintf("[%s%%eth0]:%d", ll, httpProxy)
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c, err := w.client.NS.DialContext(dctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			llReached = true
+			c.Close()
+			t.Errorf("client reached proxy port %s over IPv6 link-local", addr)
+		}
+	}
 	// The node itself: nodeIP:proxyPort (not redirected, from lo) and, as
 	// kube-proxy's localhost NodePorts, 127.0.0.1:nodePort (KUBE-NODEPORT-HOST
 	// DNATs it to nodeIP:proxyPort).
@@ -102,8 +117,8 @@ func TestProxyPortsOnlyAsPortals(t *testing.T) {
 	if r := outsider.Curl(ctx, e.url(), 3*time.Second); !r.OK() {
 		t.Errorf("client B -> ClusterIP %s: %s", e.url(), r)
 	}
-	summary("proxy-ports-only-as-portals", "direct nodeIP:%d (tcp) from outside: ok=%v exit=%d after %v; nodeIP:%d (udp): answer=%q; node itself: served; LB %s from B (not listed): ok=%v exit=%d after %v, LB-firewall drops +%d; from A (listed): ok=%v in %v",
-		httpProxy, rDirect.OK(), rDirect.Code, rDirect.Dur.Round(time.Millisecond), udpProxy, strings.TrimSpace(rUDP.Out),
+	summary("proxy-ports-only-as-portals", "direct nodeIP:%d (tcp) from outside: ok=%v exit=%d after %v; nodeIP:%d (udp): answer=%q; [%s]:proxyPort (node link-local) reached=%v; node itself: served; LB %s from B (not listed): ok=%v exit=%d after %v, LB-firewall drops +%d; from A (listed): ok=%v in %v",
+		httpProxy, rDirect.OK(), rDirect.Code, rDirect.Dur.Round(time.Millisecond), udpProxy, strings.TrimSpace(rUDP.Out), ll, llReached,
 		lbIP, rB.OK(), rB.Code, rB.Dur.Round(time.Millisecond), drops, rA.OK(), rA.Dur.Round(time.Millisecond))
 }
 
@@ -159,4 +174,20 @@ func lbDrops(t *testing.T, w *world) int {
 		}
 	}
 	return sum
+}
+
+// nodeLinkLocal returns the IPv6 link-local address of the node's bridge
+// ("" when the namespace has IPv6 off).
+func nodeLinkLocal(t *testing.T, w *world) string {
+	t.Helper()
+	out, err := w.b.Node.Output(w.ctx, "ip", "-6", "-o", "addr", "show", "dev", bed.BridgeName, "scope", "link")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(out) {
+		if a, _, ok := strings.Cut(f, "/"); ok && strings.HasPrefix(a, "fe80:") {
+			return a
+		}
+	}
+	return ""
 }
