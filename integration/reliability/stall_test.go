@@ -1,0 +1,243 @@
+package reliability
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/uproxy/uproxy/integration/bed"
+)
+
+// Stall test sizes (issue 15 item 8). A stall seen in 1 of ~4,400 requests
+// elsewhere shows ~11 times in 50,000; the whole test takes about 75 s on
+// an idle 2-core machine and 90 s with load average 8-12 (the HAProxy
+// control adds a fifth of the connections).
+const (
+	stallConns    = 50000           // new connections through uproxy
+	stallEvery    = 4               // every stallEvery-th connection goes to the HAProxy control instead
+	stallWorkers  = 8               // parallel client loops
+	stallLimit    = time.Second     // a connection slower than this is a stall
+	stallMaxTime  = 3 * time.Second // the client gives up, as curl --max-time 3 in the issue
+	haproxyPortal = "10.96.250.250" // the control's portal address (in no Service range the bed allocates from)
+	haproxyPort   = 18090           // HAProxy's listener in the node namespace
+)
+
+// TestNewConnectionsNeverStall: 50,000 new connections (one HTTP request
+// each, closed by the client as curl does) through a ClusterIP with 3
+// endpoints, from 8 parallel loops: none may take over 1 s. Interleaved with
+// them, every 4th connection goes to HAProxy behind the same kind of
+// REDIRECT portal in the same node namespace, to the same pods: the
+// control. A stall HAProxy shows at the same time is the machine's; one it
+// does not show is uproxy's. On failure the test prints each stall's phases
+// (connect, first byte), the node's and client's TCP counters (listen
+// overflows, SYN retransmissions, PAWS rejects, challenge ACKs) and
+// conntrack's statistics, and the drops of UPROXY-PORT-WAIT: the hops a
+// stall can come from.
+//
+// UPROXY_STALL_DROP_NTH=N drops every N-th SYN to the uproxy portal (mangle
+// PREROUTING, before the REDIRECT): the injected stall the test must catch.
+func TestNewConnectionsNeverStall(t *testing.T) {
+	w := newWorld(t, "rel-stall", 8*time.Minute)
+	e := w.deployEcho("echo", 3)
+	pods, err := w.b.WaitEndpoints(w.ctx, w.ns, e.name, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.b.StartUproxy(t, bed.UproxyOptions{})
+	w.waitServed(e)
+	w.startHAProxyPortal(haproxyPortal, haproxyPort, pods, 8080)
+	targets := []connTarget{{"uproxy", net.JoinHostPort(e.ip, "80")}, {"haproxy", net.JoinHostPort(haproxyPortal, "80")}}
+	if nth := os.Getenv("UPROXY_STALL_DROP_NTH"); nth != "" {
+		w.nodeRule("mangle", "PREROUTING", "-d", e.ip+"/32", "-p", "tcp", "--dport", "80", "--syn",
+			"-m", "statistic", "--mode", "nth", "--every", nth, "--packet", "0", "-j", "DROP")
+	}
+
+	before := w.stallCounters()
+	start := time.Now()
+	samples := w.connLoad(targets, stallConns+stallConns/(stallEvery-1), stallWorkers, stallEvery, stallMaxTime)
+	elapsed := time.Since(start)
+	after := w.stallCounters()
+
+	stalls := make([][]connSample, len(targets))
+	counts := make([]int, len(targets))
+	var figures []string
+	for ti, tg := range targets {
+		var durs []time.Duration
+		for _, s := range samples {
+			if s.target != ti {
+				continue
+			}
+			durs = append(durs, s.total)
+			counts[ti]++
+			if s.total > stallLimit || s.err != nil {
+				stalls[ti] = append(stalls[ti], s)
+			}
+		}
+		slices.Sort(durs)
+		figures = append(figures, fmt.Sprintf("%s %d conns, %d over %v, p50 %v p99 %v p99.9 %v max %v", tg.name, len(durs),
+			len(stalls[ti]), stallLimit, round(durs[len(durs)/2]), round(durs[len(durs)*99/100]),
+			round(durs[len(durs)*999/1000]), round(durs[len(durs)-1])))
+	}
+	summary("stall", "%s; %s; in %v (%.0f conn/s)", figures[0], figures[1], elapsed.Round(time.Millisecond),
+		float64(len(samples))/elapsed.Seconds())
+	delta := after.minus(before)
+	t.Logf("counters during the load: %s", delta)
+	if len(stalls[0]) == 0 {
+		return
+	}
+	var sb strings.Builder
+	for _, s := range stalls[0] {
+		fmt.Fprintf(&sb, "  %s\n", s)
+		for _, c := range stalls[1] {
+			if c.start.Before(s.start.Add(s.total)) && s.start.Before(c.start.Add(c.total)) {
+				fmt.Fprintf(&sb, "    HAProxy control stalled at the same time: %s\n", c)
+			}
+		}
+	}
+	t.Errorf("%d of %d new connections through uproxy took over %v (HAProxy control: %d of its %d):\n%s",
+		len(stalls[0]), counts[0], stallLimit, len(stalls[1]), counts[1], sb.String())
+}
+
+func round(d time.Duration) time.Duration {
+	if d < 10*time.Millisecond {
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Millisecond)
+}
+
+// startHAProxyPortal runs HAProxy (mode tcp, round robin over pods:bport,
+// 5 s connect timeout) in the node namespace on NodeIP:port, behind a nat
+// PREROUTING REDIRECT rule for vip:80 as uproxy's portal rules.
+func (w *world) startHAProxyPortal(vip string, port int, pods []string, bport int) {
+	t := w.t
+	var servers strings.Builder
+	for i, p := range pods {
+		fmt.Fprintf(&servers, "    server pod%d %s:%d\n", i, p, bport)
+	}
+	cfg := fmt.Sprintf(`global
+    nbthread 2
+    maxconn 6000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend f
+    bind %s:%d
+    default_backend b
+backend b
+    balance roundrobin
+%s`, bed.NodeIP, port, servers.String())
+	path := w.b.LogPath("haproxy-stall.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := bed.StartProc(w.b.Node, "haproxy", w.b.LogPath("haproxy-stall.log"), nil, "haproxy", "-db", "-f", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop(5 * time.Second) })
+	w.nodeRule("nat", "PREROUTING", "-d", vip+"/32", "-p", "tcp", "--dport", "80", "-j", "REDIRECT", "--to-ports", strconv.Itoa(port))
+	addr := net.JoinHostPort(vip, "80")
+	if err := bed.Poll(w.ctx, 100*time.Millisecond, func() (bool, error) {
+		return w.oneConn(0, addr, time.Second).err == nil, nil
+	}); err != nil {
+		t.Fatalf("HAProxy behind %s never answered: %v\n%s", addr, err, p.Tail(20))
+	}
+}
+
+// nodeRule inserts an iptables rule first in table/chain of the node
+// namespace and deletes it in t.Cleanup.
+func (w *world) nodeRule(table, chain string, spec ...string) {
+	w.t.Helper()
+	run := func(op string) error {
+		_, err := w.b.Node.Output(context.Background(), append([]string{"iptables", "-w", "-t", table, op, chain}, spec...)...)
+		return err
+	}
+	if err := run("-I"); err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() {
+		if err := run("-D"); err != nil {
+			w.t.Errorf("remove node rule: %v", err)
+		}
+	})
+}
+
+// stallCounters are the counters of the hops a stall can come from.
+type stallCounters map[string]int64
+
+// stallNstat are the TCP counters read in the node and client namespaces.
+var stallNstat = []string{"TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans", "TcpRetransSegs",
+	"TcpExtPAWSEstabRejected", "TcpExtTCPChallengeACK", "TcpExtTCPTimeWaitOverflow", "TcpExtTW", "TcpExtTWRecycled",
+	"TcpAttemptFails", "TcpEstabResets", "TcpOutRsts"}
+
+func (w *world) stallCounters() stallCounters {
+	w.t.Helper()
+	c := stallCounters{}
+	for _, n := range []struct {
+		prefix string
+		ns     *bed.Netns
+	}{{"node.", w.b.Node}, {"client.", w.client.NS}} {
+		out, err := n.ns.Output(w.ctx, append([]string{"nstat", "-az"}, stallNstat...)...)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && !strings.HasPrefix(f[0], "#") {
+				v, _ := strconv.ParseInt(f[1], 10, 64)
+				c[n.prefix+f[0]] += v
+			}
+		}
+	}
+	out, err := w.b.Node.Output(w.ctx, "conntrack", "-S")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		for _, kv := range strings.Fields(l) {
+			k, v, ok := strings.Cut(kv, "=")
+			if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil && k != "cpu" {
+				c["conntrack."+k] += n
+			}
+		}
+	}
+	out, err = w.b.Node.Output(w.ctx, "iptables", "-w", "-t", "mangle", "-L", "UPROXY-PORT-WAIT", "-v", "-n", "-x")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "DROP" {
+			v, _ := strconv.ParseInt(f[0], 10, 64)
+			c["port-wait.drops"] += v
+		}
+	}
+	return c
+}
+
+func (c stallCounters) minus(before stallCounters) stallCounters {
+	d := stallCounters{}
+	for k, v := range c {
+		d[k] = v - before[k]
+	}
+	return d
+}
+
+func (c stallCounters) String() string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var sb strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&sb, " %s=%d", k, c[k])
+	}
+	return strings.TrimSpace(sb.String())
+}
