@@ -43,6 +43,9 @@ const (
 // UPROXY_STALL_DROP_NTH=N drops every N-th SYN to the uproxy portal (mangle
 // PREROUTING, before the REDIRECT): the injected stall the test must catch.
 func TestNewConnectionsNeverStall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long: 66,666 new connections, about 2 minutes (runs without -short, as in make test)")
+	}
 	w := newWorld(t, "rel-stall", 8*time.Minute)
 	e := w.deployEcho("echo", 3)
 	pods, err := w.b.WaitEndpoints(w.ctx, w.ns, e.name, 3)
