@@ -42,6 +42,9 @@ const (
 //     the drain: to watch it, and so that the exec liveness probe still
 //     finds /livez).
 //
+// The health check node ports (healthcheck/) answer 503 from step 1 on and
+// close after step 2.
+//
 // Portal rules are left in place: a restarted uproxy reads its proxy ports
 // back from them (iptables.InstalledProxyPorts) and listens on the same
 // ports, so the rules never point at nothing for longer than the restart.
@@ -168,9 +171,10 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	}
 	var proxier *proxy.Proxier
 	var runner *watch.Runner
+	svcHealth := newServiceHealth(opts, name, tracker, health, log) // health check node ports
 	if stopErr == nil {
 		if proxier, stopErr = proxy.New(pcfg, portals, log); stopErr == nil {
-			runner = watch.NewRunner(tracker, proxier, wopts, log)
+			runner = watch.NewRunner(tracker, svcHealth.Wrap(proxier), wopts, log)
 			runner.StartFrom(checkpoint)
 			late.set(runner, proxier)
 			stopErr = registerAll(reg, append(runner.Collectors(), proxier.Collector())...)
@@ -194,6 +198,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	}
 	cancelRun()
 	wg.Wait()
+	svcHealth.Close()
 	if proxier != nil {
 		drainCtx, cancel := context.WithTimeout(context.Background(), opts.ShutdownGrace)
 		start := time.Now()
