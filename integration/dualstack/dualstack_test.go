@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +31,7 @@ type dualWorld struct {
 	ns     string
 	ctx    context.Context
 	client *bed.Client
+	u      *bed.Uproxy
 }
 
 func newDualWorld(t *testing.T, namespace string) *dualWorld {
@@ -43,7 +45,7 @@ func newDualWorld(t *testing.T, namespace string) *dualWorld {
 	if w.client.IP6 == "" {
 		t.Fatal("dual-stack bed gave the client no IPv6 address")
 	}
-	b.StartUproxy(t, bed.UproxyOptions{})
+	w.u = b.StartUproxy(t, bed.UproxyOptions{})
 	return w
 }
 
@@ -181,13 +183,32 @@ func (w *dualWorld) waitDig(t *testing.T, server string, port int) string {
 	return strings.TrimSpace(last.Out)
 }
 
-// TestDualStackServe: a RequireDualStack NodePort Service is served on its
-// IPv6 ClusterIP (TCP and UDP) and on the node's IPv6 address at its
-// NodePort, as on IPv4, through uproxy's ip6tables portal rules.
+// External and load-balancer IPs of the served service: the client's
+// default routes lead to the node, where the portal rules catch them.
+const (
+	extIP4, extIP6 = "10.250.0.10", "fd00:10:250::10"
+	lbIP4, lbIP6   = "10.251.0.10", "fd00:10:251::10"
+)
+
+// TestDualStackServe: a RequireDualStack LoadBalancer Service with an external
+// and a load-balancer IP of each family is served on every IPv6 address
+// (ClusterIP TCP and UDP, [NodeIP6]:nodePort TCP and UDP, external and LB
+// IP) as on IPv4, through uproxy's ip6tables portal rules; a restarted
+// uproxy takes each family's proxy port back from the installed rules and
+// leaves both families' portal rules as they were.
 func TestDualStackServe(t *testing.T) {
 	w := newDualWorld(t, "dualstack-serve")
 	pod, ip4, _ := w.deployEcho("web")
-	s := w.dualService("web", "web", corev1.ServiceTypeNodePort)
+	s := w.dualService("web", "web", corev1.ServiceTypeLoadBalancer) // node ports too
+	s.Spec.ExternalIPs = []string{extIP4, extIP6}
+	s, err := w.b.Client.CoreV1().Services(w.ns).Update(w.ctx, s, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lbIP4}, {IP: lbIP6}}
+	if s, err = w.b.Client.CoreV1().Services(w.ns).UpdateStatus(w.ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := w.b.WaitEndpoints(w.ctx, w.ns, "web", 2); err != nil { // one per family
 		t.Fatal(err)
 	}
@@ -204,15 +225,10 @@ func TestDualStackServe(t *testing.T) {
 		{"IPv6 ClusterIP", url(s.Spec.ClusterIPs[1], portHTTP)},
 		{"IPv4 NodePort", url(bed.NodeIP, nodePort)},
 		{"IPv6 NodePort", url(bed.NodeIP6, nodePort)},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			start := time.Now()
-			if got := w.waitHello(t, c.url); got != pod {
-				t.Fatalf("%s answered by %q, want %q", c.url, got, pod)
-			}
-			t.Logf("%s: %s answered after %v", c.name, c.url, time.Since(start).Round(time.Millisecond))
-		})
+		{"IPv4 external IP", url(extIP4, portHTTP)},
+		{"IPv6 external IP", url(extIP6, portHTTP)},
+		{"IPv4 LB IP", url(lbIP4, portHTTP)},
+		{"IPv6 LB IP", url(lbIP6, portHTTP)},
 	}
 	udp := []struct {
 		name   string
@@ -223,25 +239,68 @@ func TestDualStackServe(t *testing.T) {
 		{"IPv6 UDP ClusterIP", s.Spec.ClusterIPs[1], portUDP},
 		{"IPv6 UDP NodePort", bed.NodeIP6, int(udpNodePort)},
 	}
-	for _, c := range udp {
-		t.Run(c.name, func(t *testing.T) {
-			if got := w.waitDig(t, c.server, c.port); got != ip4 { // the echoserver answers with POD_IP
-				t.Fatalf("UDP %s:%d answered %q, want the pod's %s", c.server, c.port, got, ip4)
-			}
-		})
+	check := func(when string) {
+		for _, c := range cases {
+			t.Run(when+" "+c.name, func(t *testing.T) {
+				start := time.Now()
+				if got := w.waitHello(t, c.url); got != pod {
+					t.Fatalf("%s answered by %q, want %q", c.url, got, pod)
+				}
+				t.Logf("%s: %s answered after %v", c.name, c.url, time.Since(start).Round(time.Millisecond))
+			})
+		}
+		for _, c := range udp {
+			t.Run(when+" "+c.name, func(t *testing.T) {
+				if got := w.waitDig(t, c.server, c.port); got != ip4 { // the echoserver answers with POD_IP
+					t.Fatalf("UDP %s:%d answered %q, want the pod's %s", c.server, c.port, got, ip4)
+				}
+			})
+		}
 	}
-	rules, err := w.b.Node.Output(w.ctx, "ip6tables-save", "-t", "nat")
-	if err != nil {
-		t.Fatal(err)
+	check("first")
+	rules4, rules6 := w.portalRules("iptables-save"), w.portalRules("ip6tables-save")
+	if !strings.Contains(rules6, "-d "+s.Spec.ClusterIPs[1]+"/128") || !strings.Contains(rules6, "-d "+extIP6+"/128") {
+		t.Errorf("no ip6tables portal rule for %s or %s:\n%s", s.Spec.ClusterIPs[1], extIP6, rules6)
 	}
-	if !strings.Contains(rules, "-d "+s.Spec.ClusterIPs[1]+"/128") {
-		t.Errorf("no ip6tables portal rule for %s:\n%s", s.Spec.ClusterIPs[1], rules)
+
+	// Restart: SIGTERM leaves the rules; the new uproxy reopens both
+	// families' proxy ports and rewrites nothing.
+	if err, killed := w.u.Proc.Stop(10 * time.Second); err != nil || killed {
+		t.Fatalf("first uproxy did not exit cleanly: %v killed=%v", err, killed)
+	}
+	w.u = w.b.StartUproxy(t, bed.UproxyOptions{})
+	check("restarted")
+	if got := w.portalRules("ip6tables-save"); got != rules6 {
+		t.Errorf("ip6tables portal rules changed across a restart:\nbefore:\n%s\nafter:\n%s", rules6, got)
+	}
+	if got := w.portalRules("iptables-save"); got != rules4 {
+		t.Errorf("iptables portal rules changed across a restart:\nbefore:\n%s\nafter:\n%s", rules4, got)
 	}
 	result := "served"
 	if t.Failed() {
 		result = "NOT all served"
 	}
-	fmt.Printf("SUMMARY TestDualStackServe: IPv4+IPv6 ClusterIP and NodePort (TCP), IPv4+IPv6 ClusterIP and IPv6 NodePort (UDP) %s by pod %s\n", result, pod)
+	fmt.Printf("SUMMARY TestDualStackServe: IPv4+IPv6 ClusterIP, NodePort, external and LB IP (TCP), IPv4+IPv6 ClusterIP and IPv6 NodePort (UDP) %s by pod %s, before and after a restart (portal rules unchanged: %v)\n",
+		result, pod, !t.Failed())
+}
+
+// portalRules returns the nat table's portal and node-port rules (KUBE-*
+// chains) in the node namespace, sorted, as save (iptables-save or
+// ip6tables-save) prints them.
+func (w *dualWorld) portalRules(save string) string {
+	w.t.Helper()
+	out, err := w.b.Node.Output(w.ctx, save, "-t", "nat")
+	if err != nil {
+		w.t.Fatalf("%s: %v", save, err)
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "-A KUBE-") {
+			lines = append(lines, l)
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }
 
 // TestDualStackFamiliesApart: a selectorless dual-stack Service whose IPv4
