@@ -4,7 +4,9 @@
 // family of a Service on its own, as kube-proxy's metaproxier does: IPv6
 // ClusterIP, NodePort and UDP work through ip6tables portal rules, and a
 // family's portal only reaches endpoints of its EndpointSlice addressType
-// (issue 15 item 3). Traffic goes only between namespaces the bed created.
+// (issue 15 item 3); and that the proxy-port guard and loadBalancerSourceRanges
+// hold in IPv6 (issue 15 item 1, security_test.go). Traffic goes only
+// between namespaces the bed created.
 package dualstack
 
 import (
