@@ -27,8 +27,9 @@ func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, env trafficEnv)
 	if len(ports) == 0 || len(sl) == 0 {
 		return nil
 	}
-	lists := make([][]candidate, len(ports))            // External twins share their port's list
-	index := make([]map[netip.AddrPort]int, len(ports)) // built once a list reaches dedupeMapAt
+	lists := make([][]svc.Endpoint, len(ports))            // External twins share their port's list
+	index := make([]map[netip.AddrPort]int, len(ports))    // built once a list reaches dedupeMapAt
+	hinted := make([]map[netip.AddrPort]hints, len(ports)) // nil while no endpoint has a hint
 	for _, s := range sl {
 		if (s.v6 && !f.v6) || (!s.v6 && !f.v4) {
 			continue
@@ -45,57 +46,70 @@ func endpointsFor(ports []svc.Port, sl []*sliceInfo, f families, env trafficEnv)
 				continue
 			}
 			for _, e := range s.eps {
-				c := candidate{ep: svc.Endpoint{
+				ep := svc.Endpoint{
 					Addr:  netip.AddrPortFrom(e.addr, sp.port),
 					Ready: e.ready, Serving: e.serving, Terminating: e.terminating,
 					NodeName: e.nodeName, Zone: e.zone, PodName: e.podName,
-				}, hints: e.hints}
-				if j := find(lists[i], index[i], c.ep.Addr); j >= 0 {
+				}
+				if j := find(lists[i], index[i], ep.Addr); j >= 0 {
 					if !e.terminating {
-						lists[i][j] = c
+						lists[i][j] = ep
+						setHints(&hinted[i], ep.Addr, e.hints)
 					}
 					continue
 				}
-				lists[i] = append(lists[i], c)
+				lists[i] = append(lists[i], ep)
+				setHints(&hinted[i], ep.Addr, e.hints)
 				switch n := len(lists[i]); {
 				case n == dedupeMapAt:
 					index[i] = make(map[netip.AddrPort]int, 2*n)
 					for j, x := range lists[i] {
-						index[i][x.ep.Addr] = j
+						index[i][x.Addr] = j
 					}
 				case n > dedupeMapAt:
-					index[i][c.ep.Addr] = n - 1
+					index[i][ep.Addr] = n - 1
 				}
 			}
 		}
 	}
 	out := make(map[svc.PortName][]svc.Endpoint, len(ports))
-	var last []candidate // the list of the latest non-External port
+	last := -1 // the latest non-External port
 	for i, p := range ports {
-		l := lists[i]
-		if p.Name.External {
-			l = last
-		} else {
-			slices.SortFunc(l, func(a, b candidate) int { return a.ep.Addr.Compare(b.ep.Addr) })
-			last = l
+		if !p.Name.External {
+			slices.SortFunc(lists[i], func(a, b svc.Endpoint) int { return a.Addr.Compare(b.Addr) })
+			last = i
 		}
-		if len(l) == 0 {
+		if last < 0 || len(lists[last]) == 0 {
 			continue
 		}
-		if eps := categorize(l, usesLocal(p), env); len(eps) > 0 {
+		if eps := categorize(lists[last], hinted[last], usesLocal(p), env); len(eps) > 0 {
 			out[p.Name] = eps
 		}
 	}
 	return out
 }
 
+// setHints records an endpoint's hints in *m, creating it at the first
+// hint, and forgets them when h is empty.
+func setHints(m *map[netip.AddrPort]hints, a netip.AddrPort, h hints) {
+	switch {
+	case h != hints{}:
+		if *m == nil {
+			*m = make(map[netip.AddrPort]hints)
+		}
+		(*m)[a] = h
+	case *m != nil:
+		delete(*m, a)
+	}
+}
+
 // find returns the position of a in l (through idx when built), or -1.
-func find(l []candidate, idx map[netip.AddrPort]int, a netip.AddrPort) int {
+func find(l []svc.Endpoint, idx map[netip.AddrPort]int, a netip.AddrPort) int {
 	if idx != nil {
 		if j, ok := idx[a]; ok {
 			return j
 		}
 		return -1
 	}
-	return slices.IndexFunc(l, func(c candidate) bool { return c.ep.Addr == a })
+	return slices.IndexFunc(l, func(e svc.Endpoint) bool { return e.Addr == a })
 }

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -116,12 +117,6 @@ func hasItem(list, x string) bool {
 	return false
 }
 
-// candidate is a merged endpoint with the hints the policies need.
-type candidate struct {
-	ep    svc.Endpoint
-	hints hints
-}
-
 // Topology modes (kube-proxy's topologyModeFromHints).
 const (
 	topologyNone = iota
@@ -135,21 +130,22 @@ const (
 // else none. The EndpointSlice controller sets zone hints for
 // trafficDistribution PreferClose (PreferSameZone) and the topology-mode
 // Auto annotation, node hints for PreferSameNode.
-func topologyMode(cs []candidate, env trafficEnv) int {
+func topologyMode(eps []svc.Endpoint, hs map[netip.AddrPort]hints, env trafficEnv) int {
 	ready, allNode, forNode, allZone, forZone := false, true, false, true, false
-	for _, c := range cs {
-		if !c.ep.Ready {
+	for _, e := range eps {
+		if !e.Ready {
 			continue
 		}
 		ready = true
-		if c.hints.nodes == "" {
+		h := hs[e.Addr]
+		if h.nodes == "" {
 			allNode = false
-		} else if hasItem(c.hints.nodes, env.node) {
+		} else if hasItem(h.nodes, env.node) {
 			forNode = true
 		}
-		if c.hints.zones == "" {
+		if h.zones == "" {
 			allZone = false
-		} else if hasItem(c.hints.zones, env.zone) {
+		} else if hasItem(h.zones, env.zone) {
 			forZone = true
 		}
 	}
@@ -164,29 +160,34 @@ func topologyMode(cs []candidate, env trafficEnv) int {
 	return topologyNone
 }
 
-// categorize returns the endpoints of one port's set (cs sorted by
-// address). The Local set is every endpoint on this node; the Cluster set is
-// every endpoint, or with topology in effect only the ready ones hinted for
-// this node or zone (kube-proxy falls back to serving-terminating endpoints
-// only when none is ready anywhere, and then uses no topology). Both keep
-// ready and serving-terminating endpoints: the balancer prefers ready ones,
-// as kube-proxy's fallback does.
-func categorize(cs []candidate, local bool, env trafficEnv) []svc.Endpoint {
+// categorize returns the endpoints of one port's set from eps (sorted by
+// address; hs holds their hints, nil when none has any). The Local set is
+// every endpoint on this node; the Cluster set is every endpoint, or with
+// topology in effect only the ready ones hinted for this node or zone
+// (kube-proxy falls back to serving-terminating endpoints only when none is
+// ready anywhere, and then uses no topology). Both keep ready and
+// serving-terminating endpoints: the balancer prefers ready ones, as
+// kube-proxy's fallback does. The Cluster set without topology is eps
+// itself, not a copy (nobody modifies the lists handed to the sink).
+func categorize(eps []svc.Endpoint, hs map[netip.AddrPort]hints, local bool, env trafficEnv) []svc.Endpoint {
 	mode := topologyNone
-	if !local {
-		mode = topologyMode(cs, env)
+	if !local && hs != nil {
+		mode = topologyMode(eps, hs, env)
 	}
-	out := make([]svc.Endpoint, 0, len(cs))
-	for _, c := range cs {
+	if !local && mode == topologyNone {
+		return eps
+	}
+	out := make([]svc.Endpoint, 0, len(eps))
+	for _, e := range eps {
 		switch {
-		case local && c.ep.NodeName != env.node:
+		case local && e.NodeName != env.node:
 			continue
-		case mode == topologySameNode && !(c.ep.Ready && hasItem(c.hints.nodes, env.node)):
+		case mode == topologySameNode && !(e.Ready && hasItem(hs[e.Addr].nodes, env.node)):
 			continue
-		case mode == topologySameZone && !(c.ep.Ready && hasItem(c.hints.zones, env.zone)):
+		case mode == topologySameZone && !(e.Ready && hasItem(hs[e.Addr].zones, env.zone)):
 			continue
 		}
-		out = append(out, c.ep)
+		out = append(out, e)
 	}
 	return out
 }
