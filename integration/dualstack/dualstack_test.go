@@ -193,7 +193,7 @@ const (
 // TestDualStackServe: a RequireDualStack LoadBalancer Service with an external
 // and a load-balancer IP of each family is served on every IPv6 address
 // (ClusterIP TCP and UDP, [NodeIP6]:nodePort TCP and UDP, external and LB
-// IP) as on IPv4, through uproxy's ip6tables portal rules; a restarted
+// IP; ClusterIP and node port also from the node itself) as on IPv4, through uproxy's ip6tables portal rules; a restarted
 // uproxy takes each family's proxy port back from the installed rules and
 // leaves both families' portal rules as they were.
 func TestDualStackServe(t *testing.T) {
@@ -247,6 +247,23 @@ func TestDualStackServe(t *testing.T) {
 					t.Fatalf("%s answered by %q, want %q", c.url, got, pod)
 				}
 				t.Logf("%s: %s answered after %v", c.name, c.url, time.Since(start).Round(time.Millisecond))
+			})
+		}
+		// From the node itself (KUBE-PORTALS-HOST / KUBE-NODEPORT-HOST:
+		// DNAT to [NodeIP6]:proxyPort, REDIRECT would pick ::1).
+		for _, u := range []string{url(s.Spec.ClusterIPs[1], portHTTP), url(bed.NodeIP6, nodePort)} {
+			t.Run(when+" from the node "+u, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(w.ctx, serveWait)
+				defer cancel()
+				var out string
+				var err error
+				if perr := bed.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+					out, err = w.b.Node.Output(ctx, "curl", "-g", "-sS", "--max-time", "2", u)
+					got, ok := bed.ParseHello(out)
+					return err == nil && ok && got == pod, nil
+				}); perr != nil {
+					t.Fatalf("%s from the node never answered by %s within %v (last: %q, %v)", u, pod, serveWait, out, err)
+				}
 			})
 		}
 		for _, c := range udp {
