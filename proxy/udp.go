@@ -144,6 +144,7 @@ func (s *udpServer) session(caddr netip.AddrPort, name *sockName, b *udpBatch, i
 		sess.last.Store(mono())
 		s.sessions[caddr] = sess
 		ps.stats.udpActive.Add(1)
+		udpMemOpened()
 		s.p.fds.other.Add(1)
 		ps.stats.udpTotal.Add(1)
 		be.active.Add(1)
@@ -241,6 +242,14 @@ func (sess *udpSession) closeLocked() {
 	sess.once.Do(func() {
 		_ = sess.conn.Close() // ends proxyReplies
 		sess.srv.ps.stats.udpActive.Add(-1)
+		if udpMemClosed() {
+			p := sess.srv.p
+			p.wg.Add(1) // a session's goroutine is still counted: never 0 here
+			go func() {
+				defer p.wg.Done()
+				releaseUDPMem()
+			}()
+		}
 		sess.srv.p.fds.other.Add(-1)
 		sess.be.active.Add(-1)
 	})

@@ -27,6 +27,13 @@ type udpBatch struct {
 	ctrls *[udpBatchSize][udpCtrlSize]byte    // IP(V6)_PKTINFO of each datagram (recv with names only: a session's batch does without)
 	bufs  [udpBatchSize]*[]byte
 	n     int // datagrams in hand after recv
+	// want is how many datagrams the next recv asks for, and so how many
+	// 64 KiB buffers it takes: 1 at first, doubled (up to udpBatchSize)
+	// after a recv that filled every slot, back to what the last recv got
+	// otherwise. A session's reply socket usually holds one datagram (a DNS
+	// answer): with a fixed 8 each reply took 512 KiB of buffers from the
+	// pool, which under many sessions grew the process's RSS.
+	want int
 
 	withNames bool
 	rerr      error
@@ -45,7 +52,7 @@ type sockName struct {
 }
 
 func newUDPBatch(withNames bool) *udpBatch {
-	b := &udpBatch{withNames: withNames}
+	b := &udpBatch{withNames: withNames, want: 1}
 	if withNames {
 		b.ctrls = new([udpBatchSize][udpCtrlSize]byte)
 	}
@@ -70,7 +77,7 @@ func (b *udpBatch) recv(rc syscall.RawConn) (int, error) {
 }
 
 func (b *udpBatch) recvFD(fd uintptr) bool {
-	for i := range b.msgs {
+	for i := range b.want {
 		if b.bufs[i] == nil {
 			b.bufs[i] = udpBufPool.Get().(*[]byte)
 		}
@@ -86,11 +93,16 @@ func (b *udpBatch) recvFD(fd uintptr) bool {
 		}
 		b.msgs[i].Len = 0
 	}
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), udpBatchSize,
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(b.want),
 		unix.MSG_DONTWAIT, 0, 0)
 	switch errno {
 	case 0:
 		b.n = int(n)
+		if b.n == b.want {
+			b.want = min(2*b.want, udpBatchSize)
+		} else {
+			b.want = max(b.n, 1)
+		}
 		return true
 	case unix.EAGAIN, unix.EINTR:
 		b.release() // no buffer is held while the socket is idle

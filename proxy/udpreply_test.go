@@ -16,10 +16,16 @@ import (
 // reply. The client socket is unconnected, so it sees any source.
 func TestUDPReplySource(t *testing.T) {
 	tests := map[string]struct {
-		bind netip.Addr
+		bind           netip.Addr
+		network        string
+		client, sentTo string
 	}{
-		"wildcard listener (dual-stack socket, IPv4 client)": {bind: netip.IPv4Unspecified()},
-		"listener bound to the address":                      {bind: netip.MustParseAddr("127.0.0.5")},
+		"wildcard listener (dual-stack socket), IPv4 client": {bind: netip.IPv4Unspecified(), network: "udp4", client: "127.0.0.1", sentTo: "127.0.0.5"},
+		"listener bound to the address":                      {bind: netip.MustParseAddr("127.0.0.5"), network: "udp4", client: "127.0.0.1", sentTo: "127.0.0.5"},
+		// Only ::1 exists without root, so this one cannot tell a picked
+		// source from the cmsg; it proves the kernel takes our
+		// IPV6_PKTINFO message on the send (a malformed one fails it).
+		"wildcard listener, IPv6 client": {bind: netip.IPv4Unspecified(), network: "udp6", client: "::1", sentTo: "::1"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -31,11 +37,11 @@ func TestUDPReplySource(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dst, err := net.ResolveUDPAddr("udp4", net.JoinHostPort("127.0.0.5", port))
+			dst, err := net.ResolveUDPAddr(tt.network, net.JoinHostPort(tt.sentTo, port))
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			c, err := net.ListenUDP(tt.network, &net.UDPAddr{IP: net.ParseIP(tt.client)})
 			if err != nil {
 				t.Fatal(err)
 			}
