@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +36,8 @@ type trafficWorld struct {
 // cluster traffic and the node's own connections use every endpoint;
 // internalTrafficPolicy Local affects ClusterIP traffic only; zone hints
 // (trafficDistribution PreferClose) keep cluster traffic in the node's
-// zone; the healthCheckNodePort answers 503/200 with kube-proxy's body.
+// zone; the healthCheckNodePort answers 503/200 with kube-proxy's body; eTP
+// Local holds for UDP too.
 func TestTrafficPolicies(t *testing.T) {
 	w := &trafficWorld{world: newWorld(t, "traffic", 4*time.Minute), ip: map[string]string{}}
 	w.deploy(bed.EchoDeployment("tp", 2, httpPort("http", 8080)), nil)
@@ -57,6 +59,7 @@ func TestTrafficPolicies(t *testing.T) {
 	t.Run("internalTrafficPolicy Local", w.internalLocal)
 	t.Run("PreferClose zone hints", w.preferClose)
 	t.Run("healthCheckNodePort", w.healthCheck)
+	t.Run("externalTrafficPolicy Local, UDP", w.externalLocalUDP)
 }
 
 func (w *trafficWorld) externalLocal(t *testing.T) {
@@ -205,6 +208,95 @@ func (w *trafficWorld) healthCheck(t *testing.T) {
 	}
 	want(down, 0)
 	want(up, 1)
+}
+
+// externalLocalUDP: as externalLocal, for UDP (DNS queries answered by the
+// echo pods with their own address): external datagrams with no local
+// endpoint get no answer, cluster ones are answered.
+func (w *trafficWorld) externalLocalUDP(t *testing.T) {
+	w.deploy(bed.EchoDeployment("tpu", 2, corev1.ContainerPort{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}), nil)
+	pods, err := w.b.Client.CoreV1().Pods(w.ns).List(w.ctx, metav1.ListOptions{LabelSelector: "app=tpu"})
+	if err != nil || len(pods.Items) != 2 {
+		t.Fatalf("pods: %v, %v", pods, err)
+	}
+	ipA, ipB := pods.Items[0].Status.PodIP, pods.Items[1].Status.PodIP
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "etpu"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Ports: []corev1.ServicePort{{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}}},
+	}
+	s, err = w.b.Client.CoreV1().Services(w.ns).Create(w.ctx, s, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpEP := func(ip, node string) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptrTo(true)}, NodeName: ptrTo(node)}
+	}
+	write := func(eps ...discoveryv1.Endpoint) {
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: "etpu-test", Labels: map[string]string{
+				discoveryv1.LabelServiceName: "etpu", discoveryv1.LabelManagedBy: "uproxy-integration-test",
+			}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptrTo("dns"), Port: ptrTo(int32(53)), Protocol: ptrTo(corev1.ProtocolUDP)}},
+			Endpoints:   eps,
+		}
+		api := w.b.Client.DiscoveryV1().EndpointSlices(w.ns)
+		if old, err := api.Get(w.ctx, es.Name, metav1.GetOptions{}); err == nil {
+			es.ResourceVersion = old.ResourceVersion
+			_, err = api.Update(w.ctx, es, metav1.UpdateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if _, err := api.Create(w.ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	np := int(s.Spec.Ports[0].NodePort)
+	answers := func(host string, port, n int) map[string]int {
+		out := map[string]int{}
+		for range n {
+			r := w.client.Dig(w.ctx, host, port, "echo.example.")
+			a := strings.TrimSpace(r.Out)
+			if _, err := netip.ParseAddr(a); err != nil || !r.OK() {
+				a = "none" // dig prints its timeout on stdout
+			}
+			out[a]++
+		}
+		return out
+	}
+	waitAnswer := func(host string, port int, want string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(w.ctx, 20*time.Second)
+		defer cancel()
+		var last bed.Result
+		if err := bed.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
+			last = w.client.Dig(ctx, host, port, "echo.example.")
+			return strings.TrimSpace(last.Out) == want, nil
+		}); err != nil {
+			t.Fatalf("%s:%d never answered %s (last %s): %v", host, port, want, last, err)
+		}
+	}
+	write(udpEP(ipA, "node2"))
+	waitAnswer(s.Spec.ClusterIP, 53, ipA)
+	cluster := answers(s.Spec.ClusterIP, 53, 5)
+	external := answers(bed.NodeIP, np, 3)
+	write(udpEP(ipA, "node2"), udpEP(ipB, bed.NodeName))
+	waitAnswer(bed.NodeIP, np, ipB)
+	externalLocal := answers(bed.NodeIP, np, 5)
+	summary("traffic-etp-udp", "remote endpoint %s only: clusterIP %v, NodePort %v; local endpoint %s added: NodePort %v",
+		ipA, cluster, external, ipB, externalLocal)
+	if cluster[ipA] != 5 {
+		t.Errorf("cluster traffic: %v, want 5 answers from %s", cluster, ipA)
+	}
+	if external["none"] != 3 {
+		t.Errorf("external traffic with no local endpoint: %v, want no answer to any of 3 queries", external)
+	}
+	if externalLocal[ipB] != 5 {
+		t.Errorf("external traffic: %v, want 5 answers from the local endpoint %s", externalLocal, ipB)
+	}
 }
 
 // service creates a Service without selector (its slices are the test's)
