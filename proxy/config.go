@@ -42,7 +42,10 @@ type Config struct {
 	// PreferredPorts are proxy ports a previous run used (read back from the
 	// installed rules); they are tried first.
 	PreferredPorts map[svc.PortName]uint16
-	NodeName       string // this node, to mark local endpoints in Snapshot
+	// Sockets, when set, keeps copies of the listening sockets outside the
+	// process and hands back those a previous run left (SocketKeeper).
+	Sockets  SocketKeeper
+	NodeName string // this node, to mark local endpoints in Snapshot
 
 	EjectBase time.Duration // first ejection; doubles per repeated ejection; default 1s
 	EjectMax  time.Duration // ejection cap; default 30s

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -154,4 +156,77 @@ func listenUDP(ctx context.Context, reusePort bool, addr string) (*net.UDPConn, 
 		return nil, err
 	}
 	return c.(*net.UDPConn), nil
+}
+
+// tcpFromKept and udpFromKept turn a socket a previous run left with the
+// fd holder (SocketKeeper) back into a listener on addr; they own f.
+func tcpFromKept(f *os.File, reuse bool, addr string) (*net.TCPListener, error) {
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("kept socket for tcp %s: %w", addr, err)
+	}
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		_ = ln.Close()
+		return nil, fmt.Errorf("kept socket for tcp %s is not a TCP listener", addr)
+	}
+	if err := adoptKept(tl, tl.Addr(), reuse, true, addr); err != nil {
+		_ = tl.Close()
+		return nil, err
+	}
+	return tl, nil
+}
+
+func udpFromKept(f *os.File, reuse bool, addr string) (*net.UDPConn, error) {
+	defer f.Close()
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("kept socket for udp %s: %w", addr, err)
+	}
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		_ = pc.Close()
+		return nil, fmt.Errorf("kept socket for udp %s is not a UDP socket", addr)
+	}
+	if err := adoptKept(uc, uc.LocalAddr(), reuse, false, addr); err != nil {
+		_ = uc.Close()
+		return nil, err
+	}
+	return uc, nil
+}
+
+// adoptKept checks that a kept socket is bound to addr's port, applies the
+// listen options again (a previous version may have set others) and removes
+// the SYN filter a graceful close may have left on it (refuseSYNs).
+func adoptKept(c syscall.Conn, local net.Addr, reuse, tcp bool, addr string) error {
+	_, want, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	_, got, err := net.SplitHostPort(local.String())
+	if err != nil || got != want {
+		return fmt.Errorf("kept socket for %s is bound to %s", addr, local)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	network := "udp"
+	if tcp {
+		network = "tcp"
+	}
+	if err := listenConfig(reuse, tcp).Control(network, addr, rc); err != nil {
+		return fmt.Errorf("kept socket for %s: %w", addr, err)
+	}
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		derr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
+	}); err != nil {
+		return err
+	}
+	if derr != nil && !errors.Is(derr, unix.ENOENT) {
+		return fmt.Errorf("kept socket for %s: detach filter: %w", addr, os.NewSyscallError("setsockopt", derr))
+	}
+	return nil
 }

@@ -24,6 +24,7 @@ type portListener struct {
 	addrs     []string
 	tcp       []*net.TCPListener
 	udp       []*udpServer
+	socks     []keptSocket // every socket, for the SocketKeeper
 }
 
 // needsListener: a port is served when it has a portal address or a node
@@ -85,6 +86,7 @@ func (p *Proxier) reconcileLocked(ps *portState, sp svc.Port) error {
 	}
 	l.key = key
 	ps.lst = l
+	p.keepSockets(l)
 	for _, ln := range l.tcp {
 		p.wg.Add(1)
 		go p.acceptLoop(ps, ln)
@@ -103,6 +105,7 @@ func (p *Proxier) reconcileLocked(ps *portState, sp svc.Port) error {
 func (p *Proxier) closeListenerLocked(ps *portState, why string) {
 	l := ps.lst
 	ps.lst = nil
+	p.dropSockets(l)
 	l.close(p) // each accept loop sees net.ErrClosed and ends
 	if l.fromAlloc && p.alloc != nil {
 		p.alloc.release(int(l.proxyPort))
@@ -221,6 +224,7 @@ func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, e
 type oneListener struct {
 	tcp *net.TCPListener
 	udp *udpServer
+	key string // SocketKeeper key: protocol and the listen address asked for
 }
 
 func (o oneListener) port() uint16 {
@@ -241,8 +245,15 @@ func (o oneListener) close(p *Proxier) {
 
 func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse bool) (oneListener, error) {
 	var o oneListener
+	kept := p.takeSocket(proto, addr, reuse)
 	if proto == svc.UDP {
-		c, err := listenUDP(p.ctx, reuse, addr)
+		var c *net.UDPConn
+		var err error
+		if kept != nil {
+			c, err = udpFromKept(kept, reuse, addr)
+		} else {
+			c, err = listenUDP(p.ctx, reuse, addr)
+		}
 		if err != nil {
 			return oneListener{}, err
 		}
@@ -251,12 +262,23 @@ func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse 
 			return oneListener{}, err
 		}
 	} else {
-		ln, err := listenTCP(p.ctx, reuse, addr)
+		var ln *net.TCPListener
+		var err error
+		if kept != nil {
+			ln, err = tcpFromKept(kept, reuse, addr)
+		} else {
+			ln, err = listenTCP(p.ctx, reuse, addr)
+		}
 		if err != nil {
 			return oneListener{}, err
 		}
 		o.tcp = ln
 	}
+	if kept != nil {
+		ps.log.Info().Str("listen", addr).Str("protocol", string(proto)).
+			Msg("took back the socket a previous run left with the fd holder")
+	}
+	o.key = socketKey(proto, addr, o.port())
 	p.fds.other.Add(1) // released by oneListener.close
 	return o, nil
 }
@@ -265,9 +287,11 @@ func (l *portListener) add(o oneListener) {
 	if o.tcp != nil {
 		l.tcp = append(l.tcp, o.tcp)
 		l.addrs = append(l.addrs, o.tcp.Addr().String())
+		l.socks = append(l.socks, keptSocket{key: o.key, c: o.tcp})
 	} else {
 		l.udp = append(l.udp, o.udp)
 		l.addrs = append(l.addrs, o.udp.conn.LocalAddr().String())
+		l.socks = append(l.socks, keptSocket{key: o.key, c: o.udp.conn})
 	}
 }
 

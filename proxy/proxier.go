@@ -184,6 +184,9 @@ func (p *Proxier) SyncPorts(ctx context.Context, ports []svc.Port) error {
 			errs = append(errs, fmt.Errorf("sync portals: %w", err))
 		}
 	}
+	if p.cfg.Sockets != nil {
+		p.cfg.Sockets.Settle() // a previous run's sockets no port took are released
+	}
 	return errors.Join(errs...)
 }
 

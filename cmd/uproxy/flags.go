@@ -65,6 +65,7 @@ type options struct {
 	// uproxy's own flags
 	Manifests        string
 	HealthSocket     string // unix socket path for /healthz and /livez; "" disables
+	FDHolderSocket   string // --fd-holder-socket: the fd holder's unix socket; "" disables
 	CheckpointPath   string // --checkpoint-path: the state checkpoint file; "" disables
 	PortalMode       string
 	IPTablesBackend  string // "", "nft" or "legacy"
@@ -116,6 +117,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.StringVar(&raw.manifests, "manifests", "", "Run without a cluster: read Services and EndpointSlices from this YAML/JSON file or directory (multi-document, as kubectl accepts) and re-apply it when it changes. Excludes --kubeconfig and --master.")
 	fs.StringVar(&raw.healthSocket, "health-socket", "", "Also serve /healthz and /livez on this unix socket (e.g. /run/uproxy/health.sock in a pod-private emptyDir), for exec probes ('uproxy probe --socket PATH'): only this process answers there, unlike the node-wide healthz port. A stale socket file left by a dead process is replaced. Empty: off.")
 	fs.BoolVar(&raw.healthzRequireAPIServer, "healthz-require-apiserver", false, "If true, /healthz also answers 503 while the API server has not answered uproxy's /readyz probe for 2 x --iptables-sync-period (uproxy keeps serving the last known state meanwhile). Off by default, as kube-proxy: an API outage would turn every node unready at once for load balancers that probe /healthz; the outage is still shown in /healthz's \"apiServer\" field.")
+	fs.StringVar(&raw.fdHolderSocket, "fd-holder-socket", "", "Keep the proxy ports' sockets open across a restart of uproxy: each listening socket is handed to the fd holder serving on this unix socket ('uproxy fd-holder --socket PATH', a second container of the pod sharing an emptyDir), and a restarted uproxy takes them back, so connections and datagrams arriving meanwhile wait in the kernel instead of being refused or dropped. Empty: off.")
 	fs.StringVar(&raw.checkpointPath, "checkpoint-path", watch.DefaultCheckpointPath, "State checkpoint: the last Services and endpoints applied are written here (atomically, at most once a second), and a restarted uproxy serves them at once while the API server's state has not arrived yet (the API's state then replaces them). Its directory must exist (the DaemonSet mounts /var/lib/uproxy from the host). Not used with --manifests. Empty: off.")
 	fs.StringVar(&raw.portalMode, "portal-mode", portalModeIPTables, "How traffic reaches the listeners: 'iptables' (portal rules redirect service IPs to proxy ports; needs CAP_NET_ADMIN) or 'direct' (no iptables; each service port listens on its portal IP:port itself; portals whose IP is not local are reported once and skipped).")
 	fs.StringVar(&raw.iptablesBackend, "iptables-backend", "", "Which iptables to run: '' (whatever 'iptables' is in the image), 'nft' (iptables-nft*) or 'legacy' (iptables-legacy*). Must match what the node's other iptables users (kubelet, CNI) use.")
@@ -138,7 +140,7 @@ type rawFlags struct {
 	healthzBindAddress, metricsBindAddress                            string
 	verbosity, udpMaxSessions                                         int
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
-	iptablesBackend, healthSocket                                     string
+	iptablesBackend, healthSocket, fdHolderSocket                     string
 	checkpointPath                                                    string
 	healthzRequireAPIServer                                           bool
 	earlyResetReplay                                                  bool
@@ -206,6 +208,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		Verbosity:           raw.verbosity,
 		Manifests:           raw.manifests,
 		HealthSocket:        raw.healthSocket,
+		FDHolderSocket:      raw.fdHolderSocket,
 		CheckpointPath:      raw.checkpointPath,
 		PortalMode:          raw.portalMode,
 		IPTablesBackend:     raw.iptablesBackend,
@@ -256,6 +259,9 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 	o.MetricsBindAddress = raw.metricsBindAddress
 	if err := checkSocketPath(raw.healthSocket); err != nil {
 		return nil, fmt.Errorf("invalid --health-socket %q: %w", raw.healthSocket, err)
+	}
+	if err := checkSocketPath(raw.fdHolderSocket); err != nil {
+		return nil, fmt.Errorf("invalid --fd-holder-socket %q: %w", raw.fdHolderSocket, err)
 	}
 	switch o.PortalMode {
 	case portalModeIPTables, portalModeDirect:

@@ -13,6 +13,9 @@
 //
 // `uproxy probe` (probe.go) is the DaemonSet's exec probe: it asks the
 // uproxy serving on --health-socket for /healthz or /livez.
+//
+// `uproxy fd-holder` (fdholder.go) keeps the proxy ports' sockets open while
+// uproxy restarts (package fdhold, --fd-holder-socket).
 package main
 
 import (
@@ -39,6 +42,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == probeCommand {
 		return runProbe(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == fdHolderCommand {
+		return runFDHolder(args[1:], stdout, stderr)
 	}
 	opts, err := parseFlags(args)
 	switch {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/uproxy/uproxy/fdhold"
 	"github.com/uproxy/uproxy/iptables"
 	"github.com/uproxy/uproxy/proxy"
 	"github.com/uproxy/uproxy/svc"
@@ -139,6 +140,20 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		ReusePort:          true, // a surging or restarted instance can take the same ports
 		NodeName:           name,
 	}
+	// The fd keeper runs until the proxier has shut down, so that the
+	// holder releases every socket the shutdown closes.
+	keeperCtx, stopKeeper := context.WithCancel(context.Background())
+	keeperDone := make(chan struct{})
+	if opts.FDHolderSocket != "" {
+		// Before the proxier opens a listener: the sockets a previous run
+		// left with the holder are taken back instead of bound anew.
+		keeper := fdhold.Load(ctx, opts.FDHolderSocket, fdHolderWait, log)
+		pcfg.Sockets = keeper
+		go func() { _ = keeper.Run(keeperCtx); close(keeperDone) }()
+	} else {
+		close(keeperDone)
+	}
+	defer func() { stopKeeper(); <-keeperDone }()
 	var portals svc.PortalSyncer // stays a nil interface in direct mode
 	var stopErr error
 	switch opts.PortalMode {
@@ -214,6 +229,11 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 
 // runComponent runs fn until ctx ends and reports its result on errc: a
 // component that returns nil before ctx ends is reported as stopped early.
+// fdHolderWait is how long start-up waits for the fd holder's socket to
+// appear: in a new pod both containers start at once; a restarted uproxy
+// finds the holder running.
+const fdHolderWait = 2 * time.Second
+
 func runComponent(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, name string, fn func(context.Context) error) {
 	defer wg.Done()
 	err := fn(ctx)
