@@ -26,7 +26,9 @@ func NewHolder(log zerolog.Logger) *Holder {
 }
 
 // Listen opens the holder's socket at path (a stale socket file from a
-// previous holder is replaced), readable and writable by its owner only.
+// previous holder is replaced), for its owner and group only: in the
+// DaemonSet both containers run with group 65532, and uproxy's root has no
+// CAP_DAC_OVERRIDE.
 func Listen(path string) (*net.UnixListener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -35,7 +37,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(path, 0o660); err != nil {
 		_ = ln.Close()
 		return nil, err
 	}
@@ -43,8 +45,8 @@ func Listen(path string) (*net.UnixListener, error) {
 }
 
 // Serve answers uproxy on ln until ctx ends, then closes ln and every
-// socket held: the pod is going away and the sockets with it (uproxy's own
-// graceful close handles its queued connections). Serve owns ln.
+// socket held: the pod is going away, and uproxy, stopped at the same
+// time, closes its sockets gracefully itself. Serve owns ln.
 func (h *Holder) Serve(ctx context.Context, ln *net.UnixListener) error {
 	var wg sync.WaitGroup
 	defer func() {

@@ -67,13 +67,14 @@ func (p *Proxier) keepSockets(l *portListener) {
 	}
 }
 
-// dropSockets tells the SocketKeeper that l closes for good. Shutdown
-// drops every socket too: a SIGTERM means the pod is going away (or its
-// container is being restarted, which the graceful close and the portal
-// rules' port wait cover); the kept sockets are for a process that dies
-// without running its shutdown (a crash, an OOM kill, SIGKILL).
+// dropSockets tells the SocketKeeper that l closed for good; not at
+// shutdown. A SIGTERM may be the pod going away (then the fd holder gets
+// its own SIGTERM at the same time and closes its copies) or only uproxy's
+// container restarting (a failed liveness probe): then the held sockets
+// keep queueing for the next run, which removes the SYN filter the
+// graceful close left.
 func (p *Proxier) dropSockets(l *portListener) {
-	if p.cfg.Sockets == nil {
+	if p.cfg.Sockets == nil || p.closing {
 		return
 	}
 	for _, s := range l.socks {

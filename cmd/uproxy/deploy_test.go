@@ -151,8 +151,8 @@ func TestDeployDaemonSet(t *testing.T) {
 		us.RollingUpdate.MaxUnavailable == nil || us.RollingUpdate.MaxUnavailable.String() != "0" {
 		t.Errorf("updateStrategy %+v, want RollingUpdate maxSurge 1 maxUnavailable 0", us)
 	}
-	if len(spec.Containers) != 1 {
-		t.Fatalf("%d containers, want 1", len(spec.Containers))
+	if len(spec.Containers) != 2 || spec.Containers[0].Name != "uproxy" || spec.Containers[1].Name != "fd-holder" {
+		t.Fatalf("%d containers, want uproxy and fd-holder", len(spec.Containers))
 	}
 	c := spec.Containers[0]
 
@@ -215,6 +215,40 @@ func TestDeployDaemonSet(t *testing.T) {
 	if sv, _ := mountedVolume(opts.HealthSocket); sv.EmptyDir == nil {
 		t.Errorf("--health-socket %s is not in an emptyDir (%+v): the socket must be private to the pod", opts.HealthSocket, sv)
 	}
+	// The fd holder: a second container (stopped with uproxy when the pod
+	// goes away, untouched when only uproxy's container restarts) serving
+	// --fd-holder-socket in the same emptyDir, unprivileged, in uproxy's
+	// group (the socket is mode 0660).
+	if opts.FDHolderSocket == "" {
+		t.Fatal("no --fd-holder-socket")
+	}
+	if fv, _ := mountedVolume(opts.FDHolderSocket); fv.EmptyDir == nil {
+		t.Errorf("--fd-holder-socket %s is not in an emptyDir (%+v)", opts.FDHolderSocket, fv)
+	}
+	h := spec.Containers[1]
+	if h.Image != c.Image || len(h.Command) != 0 || len(h.Args) < 1 || h.Args[0] != fdHolderCommand {
+		t.Errorf("fd holder runs %q %q in %s, want the uproxy image's entrypoint with %s", h.Command, h.Args, h.Image, fdHolderCommand)
+	} else {
+		var ho fdHolderOptions
+		if err := fdHolderFlagSet(&ho).Parse(h.Args[1:]); err != nil || ho.socket != opts.FDHolderSocket {
+			t.Errorf("fd holder args %q (%v): socket %q, want --fd-holder-socket %s", h.Args, err, ho.socket, opts.FDHolderSocket)
+		}
+	}
+	if !slices.ContainsFunc(h.VolumeMounts, func(m v1.VolumeMount) bool {
+		return m.Name == mounts[filepath.Dir(opts.FDHolderSocket)].Name && m.MountPath == filepath.Dir(opts.FDHolderSocket)
+	}) {
+		t.Errorf("fd holder mounts %+v, want uproxy's %s", h.VolumeMounts, filepath.Dir(opts.FDHolderSocket))
+	}
+	hs := h.SecurityContext
+	if hs == nil || hs.RunAsUser == nil || *hs.RunAsUser == 0 || hs.RunAsNonRoot == nil || !*hs.RunAsNonRoot ||
+		hs.Capabilities == nil || !slices.Equal(hs.Capabilities.Drop, []v1.Capability{"ALL"}) || len(hs.Capabilities.Add) > 0 ||
+		hs.AllowPrivilegeEscalation == nil || *hs.AllowPrivilegeEscalation || hs.ReadOnlyRootFilesystem == nil || !*hs.ReadOnlyRootFilesystem {
+		t.Errorf("fd holder securityContext %+v, want non-root, no capabilities, read-only", hs)
+	}
+	if us := c.SecurityContext; hs == nil || hs.RunAsGroup == nil || us == nil || us.RunAsGroup == nil || *hs.RunAsGroup != *us.RunAsGroup {
+		t.Errorf("fd holder and uproxy must share a group for the socket (runAsGroup)")
+	}
+
 	// The state checkpoint is on the host (it must outlive the pod), in a
 	// writable mount: the root filesystem stays read-only.
 	if opts.CheckpointPath == "" {

@@ -90,11 +90,17 @@ func (b *Bed) ContainerPID(ctx context.Context, ns, pod, container string) (int,
 // KillContainer SIGKILLs a pod's container (a crash or OOM kill, as the
 // kubelet then sees it: it restarts the container).
 func (b *Bed) KillContainer(ctx context.Context, ns, pod, container string) error {
+	return b.SignalContainer(ctx, ns, pod, container, "SIGKILL")
+}
+
+// SignalContainer sends sig (e.g. "SIGTERM") to the container's process,
+// as the runtime does when kubelet stops it.
+func (b *Bed) SignalContainer(ctx context.Context, ns, pod, container, sig string) error {
 	id, err := b.ContainerID(ctx, ns, pod, container)
 	if err != nil {
 		return err
 	}
-	_, err = b.Ctr(ctx, "tasks", "kill", "--signal", "SIGKILL", id)
+	_, err = b.Ctr(ctx, "tasks", "kill", "--signal", sig, id)
 	return err
 }
 

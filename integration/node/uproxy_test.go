@@ -119,10 +119,15 @@ func (w *world) uproxyPod() string {
 // restarts returns the uproxy container's restart count.
 func (w *world) restarts(pod string) int32 {
 	p, err := w.b.Client.CoreV1().Pods(uproxyNS).Get(w.ctx, pod, metav1.GetOptions{})
-	if err != nil || len(p.Status.ContainerStatuses) == 0 {
+	if err != nil {
 		return -1
 	}
-	return p.Status.ContainerStatuses[0].RestartCount
+	for _, cs := range p.Status.ContainerStatuses { // sorted by name: fd-holder comes first
+		if cs.Name == "uproxy" {
+			return cs.RestartCount
+		}
+	}
+	return -1
 }
 
 // nodeGet fetches a URL on the node's loopback (uproxy's HTTP surfaces, as
