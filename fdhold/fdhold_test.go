@@ -221,3 +221,35 @@ func TestHolderRestart(t *testing.T) {
 	defer stop2()
 	waitHeld(t, h2, 1)
 }
+
+// TestHolderStays: true while the holder is connected and stays; false at
+// once when it hangs up (it got SIGTERM with uproxy: the pod is going away)
+// or was never reached.
+func TestHolderStays(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fds.sock")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHolder(zerolog.New(zerolog.NewTestWriter(t)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = h.Serve(ctx, ln); close(done) }()
+	k, _ := runKeeper(t, path)
+	if !k.HolderStays(50 * time.Millisecond) {
+		t.Fatal("HolderStays false while the holder runs")
+	}
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	start := time.Now()
+	if k.HolderStays(5 * time.Second) {
+		t.Fatal("HolderStays true although the holder stopped")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("HolderStays noticed the hang-up after %v", d)
+	}
+	<-done
+	lone := Load(context.Background(), filepath.Join(t.TempDir(), "none.sock"), 0, zerolog.Nop())
+	if lone.HolderStays(time.Millisecond) {
+		t.Error("HolderStays true without a holder")
+	}
+}

@@ -34,7 +34,11 @@ type Keeper struct {
 	inherited map[string]*os.File // from the holder at start, not yet taken
 	settled   bool                // inherited sockets not taken by now are released
 
+	connMu sync.Mutex    // guards hangup
+	hangup chan struct{} // closed when the current connection's holder hangs up; nil: never connected
+
 	conn *net.UnixConn     // from Load, handed to Run
+	lost chan struct{}     // conn's hangup
 	sent map[string]uint64 // with conn: what the holder has (generation 0: from a previous run)
 }
 
@@ -59,7 +63,7 @@ func Load(ctx context.Context, path string, wait time.Duration, log zerolog.Logg
 	for {
 		conn, files, err := k.connect(ctx)
 		if err == nil {
-			k.conn, k.sent = conn, map[string]uint64{}
+			k.conn, k.sent, k.lost = conn, map[string]uint64{}, k.watchHangup(conn)
 			for key, f := range files {
 				k.inherited[key] = f
 				k.sent[key] = 0
@@ -173,6 +177,26 @@ func (k *Keeper) Settle() {
 	k.poke()
 }
 
+// HolderStays reports whether the holder is connected and does not hang up
+// within wait: when the pod is deleted it gets SIGTERM with uproxy and hangs
+// up at once; when only uproxy's container restarts it stays.
+func (k *Keeper) HolderStays(wait time.Duration) bool {
+	k.connMu.Lock()
+	ch := k.hangup
+	k.connMu.Unlock()
+	if ch == nil {
+		return false
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 func (k *Keeper) poke() {
 	select {
 	case k.kick <- struct{}{}:
@@ -183,18 +207,14 @@ func (k *Keeper) poke() {
 // Run applies the recorded changes to the holder until ctx ends (then once
 // more), reconnecting when the holder goes away. It owns the connection.
 func (k *Keeper) Run(ctx context.Context) error {
-	conn, sent := k.conn, k.sent
-	k.conn, k.sent = nil, nil
+	conn, sent, lost := k.conn, k.sent, k.lost
+	k.conn, k.sent, k.lost = nil, nil, nil
 	defer func() {
 		if conn != nil {
 			_ = conn.Close()
 		}
 	}()
-	down := false          // logged once per outage
-	var lost chan struct{} // closed when the holder hangs up on conn
-	if conn != nil {
-		lost = watchHangup(conn)
-	}
+	down := false // logged once per outage
 	for {
 		if conn == nil {
 			c, files, err := k.connect(ctx)
@@ -209,7 +229,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 				continue
 			}
 			conn, sent, down = c, map[string]uint64{}, false
-			lost = watchHangup(conn)
+			lost = k.watchHangup(conn)
 			for key, f := range files { // a running uproxy has its own copies
 				_ = f.Close()
 				sent[key] = 0
@@ -245,8 +265,11 @@ func (k *Keeper) Run(ctx context.Context) error {
 
 // watchHangup reads conn, on which the holder never sends unasked, until
 // the read fails: the holder has gone (or conn was closed).
-func watchHangup(conn *net.UnixConn) chan struct{} {
+func (k *Keeper) watchHangup(conn *net.UnixConn) chan struct{} {
 	lost := make(chan struct{})
+	k.connMu.Lock()
+	k.hangup = lost
+	k.connMu.Unlock()
 	go func() {
 		defer close(lost)
 		var b [1]byte

@@ -44,8 +44,12 @@ type Config struct {
 	PreferredPorts map[svc.PortName]uint16
 	// Sockets, when set, keeps copies of the listening sockets outside the
 	// process and hands back those a previous run left (SocketKeeper).
-	Sockets  SocketKeeper
-	NodeName string // this node, to mark local endpoints in Snapshot
+	Sockets SocketKeeper
+	// HandoffDrain bounds the drain of established connections at a
+	// shutdown that hands the listening sockets to the next run (see
+	// Shutdown); default 2s.
+	HandoffDrain time.Duration
+	NodeName     string // this node, to mark local endpoints in Snapshot
 
 	EjectBase time.Duration // first ejection; doubles per repeated ejection; default 1s
 	EjectMax  time.Duration // ejection cap; default 30s
@@ -99,6 +103,7 @@ const (
 	DefaultEjectMax         = 30 * time.Second
 	DefaultEarlyResetWindow = 100 * time.Millisecond
 	DefaultProbeTimeout     = time.Second
+	DefaultHandoffDrain     = 2 * time.Second
 )
 
 // DefaultRetryTimeouts is legacy kube-proxy's dial ladder.
@@ -124,6 +129,7 @@ func (c Config) withDefaults() Config {
 	def(&c.EjectMax, DefaultEjectMax)
 	def(&c.EarlyResetWindow, DefaultEarlyResetWindow)
 	def(&c.ProbeTimeout, DefaultProbeTimeout)
+	def(&c.HandoffDrain, DefaultHandoffDrain)
 	def(&c.DialTimeoutFloor, 50*time.Millisecond)
 	def(&c.DialTimeoutCeiling, 250*time.Millisecond)
 	if c.UDPMaxSessions <= 0 {

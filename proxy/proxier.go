@@ -223,39 +223,83 @@ const (
 	closeSettleMax = time.Second // then close even if connections still wait
 )
 
+// holderCheck is how long Shutdown waits to see whether the fd holder goes
+// away too: when the pod is deleted it gets SIGTERM with uproxy and hangs up
+// at once.
+const holderCheck = 300 * time.Millisecond
+
+// sharedLocked reports whether another instance listens on any of this
+// proxier's TCP proxy ports (counts: listeners per port). Callers hold p.mu.
+func (p *Proxier) sharedLocked(counts map[uint16]int) bool {
+	for _, ps := range p.ports {
+		if ps.lst == nil {
+			continue
+		}
+		for _, ln := range ps.lst.tcp {
+			if counts[ln.Addr().(*net.TCPAddr).AddrPort().Port()] > 1 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Shutdown stops accepting without resetting a client that already sent its
 // SYN (see handover_linux.go), closes every listener (UDP sessions end), lets
 // established TCP connections drain until ctx is done, then closes those
 // left and waits for every goroutine of the Proxier. Portal rules are left in
 // place. It logs how many connections drained and how many it cut, and
 // returns an error naming the cut ones.
+//
+// With a SocketKeeper whose holder stays (only this container is being
+// restarted, e.g. after a failed liveness probe) and no other instance on
+// the proxy ports, it hands off instead: the listeners close here at once,
+// the held copies keep queueing for the next run, and established
+// connections drain for at most HandoffDrain, so that the next run starts
+// soon.
 func (p *Proxier) Shutdown(ctx context.Context) error {
-	// Read outside p.mu: which ports another instance shares (only
-	// needed when the kernel would migrate their queues to it).
-	var shared map[uint16]int
-	if migrateReqOn() {
-		var err error
-		if shared, err = tcpListenerCounts(); err != nil {
-			p.log.Warn().Err(err).Msg("cannot list listeners; closing every listener gracefully")
-		}
+	// Read outside p.mu: which ports another instance shares.
+	counts, err := tcpListenerCounts()
+	if err != nil {
+		p.log.Warn().Err(err).Msg("cannot list listeners; assuming no other instance shares the proxy ports")
+		counts = nil
 	}
+	var shared map[uint16]int // only when the kernel migrates queues to the other instance
+	if migrateReqOn() {
+		shared = counts
+	}
+	holderStays := p.cfg.Sockets != nil && p.cfg.Sockets.HolderStays(holderCheck)
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
 		return nil
 	}
 	p.closing = true
-	settling := p.stopAcceptingLocked(shared)
-	p.mu.Unlock()
-	if len(settling) > 0 {
-		p.settle(ctx, settling)
-		p.mu.Lock()
-		for _, ps := range settling {
+	if holderStays && !p.sharedLocked(counts) {
+		for _, ps := range p.ports {
 			if ps.lst != nil {
-				p.closeListenerLocked(ps, "shutdown")
+				p.closeListenerLocked(ps, "shutdown; the fd holder keeps the socket for the next run")
 			}
 		}
 		p.mu.Unlock()
+		p.log.Info().Dur("drain", p.cfg.HandoffDrain).
+			Msg("the fd holder keeps the listening sockets for the next run: draining established connections briefly")
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.HandoffDrain)
+		defer cancel()
+	} else {
+		settling := p.stopAcceptingLocked(shared)
+		p.mu.Unlock()
+		if len(settling) > 0 {
+			p.settle(ctx, settling)
+			p.mu.Lock()
+			for _, ps := range settling {
+				if ps.lst != nil {
+					p.closeListenerLocked(ps, "shutdown")
+				}
+			}
+			p.mu.Unlock()
+		}
 	}
 	start := mono()
 	open := p.handlers.Load()

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/uproxy/uproxy/svc"
 )
@@ -25,6 +26,9 @@ type SocketKeeper interface {
 	// Settle is called after each full sync: sockets of a previous run that
 	// no port took by then are released.
 	Settle()
+	// HolderStays reports whether the holder will keep the sockets after
+	// this process exits: it is reachable and did not hang up within wait.
+	HolderStays(wait time.Duration) bool
 }
 
 // socketKey names a listener for the SocketKeeper: protocol and listen

@@ -76,6 +76,8 @@ func (k *fakeKeeper) Settle() {
 	k.mu.Unlock()
 }
 
+func (k *fakeKeeper) HolderStays(time.Duration) bool { return true }
+
 func (k *fakeKeeper) close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -109,7 +111,8 @@ func (d *deadOnce) Drop(key string) {
 		d.k.Drop(key)
 	}
 }
-func (d *deadOnce) Settle() {}
+func (d *deadOnce) Settle()                          {}
+func (d *deadOnce) HolderStays(w time.Duration) bool { return d.k.HolderStays(w) }
 
 // TestKeptSocketsOutliveTheProcess: a TCP connection and a datagram sent
 // while no proxier runs are served by the next proxier, which takes the

@@ -122,75 +122,86 @@ func TestRollingUpdateUnderCurlLoops(t *testing.T) {
 }
 
 // TestUproxyRolloutAndKill: the uproxy DaemonSet rolled to a new image tag,
-// then its container stopped as a failed liveness probe does (SIGTERM, and
-// kubelet starts it again), then SIGKILLed (a crash or OOM kill), each under
-// 4 curl loops from a client pod that resolve the Service by name. The fd
-// holder keeps the proxy ports' sockets open while the container restarts:
-// no request may fail, except one relayed by the killed process at the
-// instant of the SIGKILL (its connection dies with the process, as with
-// HAProxy or Envoy killed so), which is reported.
+// then its container SIGKILLed (a crash or OOM kill), rolled back, and its
+// container stopped as a failed liveness probe does (SIGTERM; kubelet
+// starts it again), each under 4 curl loops from a client pod that resolve
+// the Service by name. Each restart is the pod's first: a second one within
+// kubelet's crash-loop back-off (10 s, doubling) would leave the queued
+// connections waiting that long. The fd holder keeps the proxy ports'
+// sockets open while the container restarts: no request may fail, except
+// one relayed by the killed process at the instant of the SIGKILL (its
+// connection dies with the process, as with HAProxy or Envoy killed so),
+// which is reported.
 func TestUproxyRolloutAndKill(t *testing.T) {
 	w := newWorld(t, "workshop", 15*time.Minute)
 	w.ensureUproxy()
 	c := w.seed("client", 3)
 	w.uproxyImage("v2")
-	old := w.uproxyPod()
-	start := time.Now()
-	var took time.Duration
-	s := w.loopFor(c, seedURL, func() {
-		say("kubectl -n kube-system set image ds/uproxy uproxy=uproxy:v2 fd-holder=uproxy:v2")
-		w.kubectl("-n", uproxyNS, "set", "image", "ds/uproxy", "uproxy=uproxy:v2", "fd-holder=uproxy:v2")
-		w.waitRollout(uproxyNS, "ds/uproxy", 3*time.Minute)
-		took = time.Since(start)
-	})
-	cur := w.uproxyPod()
-	summary("uproxy-rollout", "%v (rollout %v, pod %s -> %s)", s, took.Round(time.Millisecond), old, cur)
-	if s.Failures != 0 {
-		t.Errorf("rollout: %d of %d requests failed:\n%s", s.Failures, s.Requests, s.FailureDetail())
-	}
-	if cur == old {
-		t.Errorf("the uproxy pod was not replaced (%s)", cur)
-	}
-
-	for _, sig := range []string{"SIGTERM", "SIGKILL"} {
-		before := w.restarts(cur)
-		var killed time.Time
-		s = w.loopFor(c, seedURL, func() {
-			say("uproxy container of %s sent %s", cur, sig)
-			killed = time.Now()
-			if err := w.b.SignalContainer(w.ctx, uproxyNS, cur, "uproxy", sig); err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(w.ctx, 2*time.Minute)
-			defer cancel()
-			if err := bed.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
-				return w.restarts(cur) > before, nil
-			}); err != nil {
-				t.Fatalf("kubelet did not restart uproxy within 2 minutes (restarts %d): %v", w.restarts(cur), err)
-			}
-			w.uproxyPod()
+	for _, step := range []struct{ image, signal string }{{"uproxy:v2", "SIGKILL"}, {"uproxy:dev", "SIGTERM"}} {
+		old := w.uproxyPod()
+		start := time.Now()
+		var took time.Duration
+		s := w.loopFor(c, seedURL, func() {
+			say("kubectl -n kube-system set image ds/uproxy uproxy=%s fd-holder=%s", step.image, step.image)
+			w.kubectl("-n", uproxyNS, "set", "image", "ds/uproxy", "uproxy="+step.image, "fd-holder="+step.image)
+			w.waitRollout(uproxyNS, "ds/uproxy", 3*time.Minute)
+			took = time.Since(start)
 		})
-		logs := w.kubectl("-n", uproxyNS, "logs", cur, "-c", "uproxy")
-		takenBack := strings.Count(logs, "took back the socket a previous run left with the fd holder")
-		var inFlight, other []bed.Sample
-		for _, f := range s.Failed {
-			if sig == "SIGKILL" && f.Start.Before(killed) && cutByKill(f.Detail) {
-				inFlight = append(inFlight, f)
-			} else {
-				other = append(other, f)
-			}
+		cur := w.uproxyPod()
+		summary("uproxy-rollout", "%v (rollout to %s %v, pod %s -> %s)", s, step.image, took.Round(time.Millisecond), old, cur)
+		if s.Failures != 0 {
+			t.Errorf("rollout to %s: %d of %d requests failed:\n%s", step.image, s.Failures, s.Requests, s.FailureDetail())
 		}
-		summary("uproxy-"+strings.ToLower(sig), "%v (restarts %d -> %d, %d sockets taken back from the fd holder, %d failed in flight at the kill)",
-			s, before, w.restarts(cur), takenBack, len(inFlight))
-		if len(other) > 0 || s.Failures > len(s.Failed) {
-			t.Errorf("%s: %d of %d requests failed:\n%s", sig, s.Failures, s.Requests, s.FailureDetail())
+		if cur == old {
+			t.Errorf("the uproxy pod was not replaced (%s)", cur)
 		}
-		if len(inFlight) > 1 {
-			t.Errorf("%s: %d requests cut in flight, want at most the one being relayed at the instant of the kill:\n%s", sig, len(inFlight), s.FailureDetail())
+		w.restartUproxy(c, cur, step.signal)
+	}
+}
+
+// restartUproxy sends sig to the uproxy container of pod under 4 curl
+// loops run by c, waits for kubelet to restart it, and checks the requests (see
+// TestUproxyRolloutAndKill).
+func (w *world) restartUproxy(c *bed.PodClient, pod, sig string) {
+	t := w.t
+	t.Helper()
+	before := w.restarts(pod)
+	var killed time.Time
+	s := w.loopFor(c, seedURL, func() {
+		say("uproxy container of %s sent %s", pod, sig)
+		killed = time.Now()
+		if err := w.b.SignalContainer(w.ctx, uproxyNS, pod, "uproxy", sig); err != nil {
+			t.Fatal(err)
 		}
-		if takenBack == 0 {
-			t.Errorf("%s: the restarted uproxy took no socket back from the fd holder; its log:\n%s", sig, logs)
+		ctx, cancel := context.WithTimeout(w.ctx, 2*time.Minute)
+		defer cancel()
+		if err := bed.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+			return w.restarts(pod) > before, nil
+		}); err != nil {
+			t.Fatalf("kubelet did not restart uproxy within 2 minutes (restarts %d): %v", w.restarts(pod), err)
 		}
+		w.uproxyPod()
+	})
+	logs := w.kubectl("-n", uproxyNS, "logs", pod, "-c", "uproxy")
+	takenBack := strings.Count(logs, "took back the socket a previous run left with the fd holder")
+	var inFlight, other []bed.Sample
+	for _, f := range s.Failed {
+		if sig == "SIGKILL" && f.Start.Before(killed) && cutByKill(f.Detail) {
+			inFlight = append(inFlight, f)
+		} else {
+			other = append(other, f)
+		}
+	}
+	summary("uproxy-"+strings.ToLower(sig), "%v (restarts %d -> %d, %d sockets taken back from the fd holder, %d failed in flight at the kill)",
+		s, before, w.restarts(pod), takenBack, len(inFlight))
+	if len(other) > 0 || s.Failures > len(s.Failed) {
+		t.Errorf("%s: %d of %d requests failed:\n%s", sig, s.Failures, s.Requests, s.FailureDetail())
+	}
+	if len(inFlight) > 1 {
+		t.Errorf("%s: %d requests cut in flight, want at most the one being relayed at the instant of the kill:\n%s", sig, len(inFlight), s.FailureDetail())
+	}
+	if takenBack == 0 {
+		t.Errorf("%s: the restarted uproxy took no socket back from the fd holder; its log:\n%s", sig, logs)
 	}
 }
 
