@@ -172,10 +172,19 @@ func (c *Checkpoint) validate() error {
 			if !a.IsValid() {
 				return fmt.Errorf("port %s: invalid portal address", p.Name)
 			}
+			// One family per port: a checkpoint of a version that merged
+			// the families of a dual-stack port must not bring the
+			// merged state back.
+			if svc.FamilyOf(a) != p.Name.Family {
+				return fmt.Errorf("port %s: portal address %s not of family %s", p.Name, a, p.Name.Family)
+			}
 		}
 		for _, e := range cp.Endpoints {
 			if !e.Addr.IsValid() || e.Addr.Port() == 0 {
 				return fmt.Errorf("port %s: invalid endpoint %q", p.Name, e.Addr)
+			}
+			if svc.FamilyOf(e.Addr.Addr()) != p.Name.Family {
+				return fmt.Errorf("port %s: endpoint %s not of family %s", p.Name, e.Addr, p.Name.Family)
 			}
 			if !e.Ready && !(e.Serving && e.Terminating) {
 				return fmt.Errorf("port %s: endpoint %s is neither ready nor serving-terminating", p.Name, e.Addr)

@@ -16,10 +16,13 @@ import (
 	"github.com/uproxy/uproxy/svc"
 )
 
-// testCheckpoint is a checkpoint of node-1 with a TCP and a UDP port.
+// testCheckpoint is a checkpoint of node-1 with a UDP port and a dual-stack
+// TCP port (one port per family).
 func testCheckpoint() *Checkpoint {
-	web := svc.Port{Name: pn("ns", "web", "http"), Protocol: svc.TCP, ClusterIPs: addrs("10.96.0.10", "fd00::10"), Port: 80,
+	web := svc.Port{Name: pn("ns", "web", "http"), Protocol: svc.TCP, ClusterIPs: addrs("10.96.0.10"), Port: 80,
 		NodePort: 30080, ExternalIPs: addrs("192.0.2.1"), Affinity: svc.Affinity{ClientIP: true, Timeout: time.Minute}}
+	web6 := web
+	web6.Name, web6.ClusterIPs, web6.ExternalIPs = pn6("ns", "web", "http"), addrs("fd00::10"), nil
 	dns := svc.Port{Name: pn("ns", "dns", ""), Protocol: svc.UDP, ClusterIPs: addrs("10.96.0.53"), Port: 53, InternalLocal: true}
 	return &Checkpoint{
 		Node:    "node-1",
@@ -27,7 +30,8 @@ func testCheckpoint() *Checkpoint {
 		NodeIPs: addrs("10.0.0.1"),
 		Ports: []CheckpointPort{
 			{Port: dns, Endpoints: []svc.Endpoint{withNode(readyEP("10.244.0.5:5353"), "node-1")}},
-			{Port: web, Endpoints: []svc.Endpoint{readyEP("10.244.0.1:8080"), termEP("[fd00::1]:8080")}},
+			{Port: web, Endpoints: []svc.Endpoint{readyEP("10.244.0.1:8080")}},
+			{Port: web6, Endpoints: []svc.Endpoint{termEP("[fd00::1]:8080")}},
 		},
 	}
 }
@@ -110,6 +114,14 @@ func TestCheckpointRejected(t *testing.T) {
 		"endpoint not serving": {data: encode(func(c *Checkpoint) { c.Ports[0].Endpoints[0] = svc.Endpoint{Addr: c.Ports[0].Endpoints[0].Addr} }),
 			want: "neither ready nor serving-terminating"},
 		"no write time": {data: encode(func(c *Checkpoint) { c.Written = time.Time{} }), want: "no write time"},
+		// A checkpoint of a version that merged a dual-stack port's
+		// families (issue 15 item 3): one IPv4-named port with both.
+		"families merged in one port": {data: encode(func(c *Checkpoint) {
+			c.Ports[1].Port.ClusterIPs = addrs("10.96.0.10", "fd00::10")
+		}), want: "portal address fd00::10 not of family IPv4"},
+		"IPv6 endpoint of an IPv4 port": {data: encode(func(c *Checkpoint) {
+			c.Ports[1].Endpoints = append(c.Ports[1].Endpoints, readyEP("[fd00::2]:8080"))
+		}), want: "endpoint [fd00::2]:8080 not of family IPv4"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
