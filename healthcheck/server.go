@@ -12,12 +12,14 @@
 package healthcheck
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +37,10 @@ type Config struct {
 	// Healthy is the proxy's own health ("serviceProxyHealthy", kube-proxy's
 	// healthz IsHealthy); nil means always healthy.
 	Healthy func() bool
+	// Listen opens a listener (nil: net.ListenConfig{}.Listen). uproxy
+	// passes one that sets SO_REUSEPORT, so that an instance surging in
+	// beside the old one can open the same ports.
+	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
 }
 
 // Service names a Service.
@@ -44,12 +50,17 @@ func (s Service) String() string { return s.Namespace + "/" + s.Name }
 
 // Server runs the health check listeners. Its Sync method is called from
 // one goroutine (the Sink's caller); handlers read the published counts.
+// Listen errors (a port another program holds) are logged and retried at
+// the next Sync.
 type Server struct {
 	cfg Config
 	log zerolog.Logger
 
-	// open is owned by the Sync goroutine (and Close, after it).
-	open map[Service]*instance
+	// mu guards open and closed. Sync runs on the sink's goroutine, Close
+	// on main's at shutdown; binding a listener under it is a local syscall.
+	mu     sync.Mutex
+	open   map[Service]*instance
+	closed bool
 	// counts is the latest local ready endpoint count per Service, replaced
 	// whole by Sync; handlers only load it.
 	counts atomic.Pointer[map[Service]int]
@@ -74,6 +85,11 @@ func New(cfg Config, log zerolog.Logger) *Server {
 // retried at the next Sync (as kube-proxy's SyncServices).
 func (s *Server) Sync(ports map[Service]uint16, counts map[Service]int) {
 	s.counts.Store(&counts)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
 	for name, in := range s.open {
 		if p, ok := ports[name]; !ok || p != in.port {
 			in.close()
@@ -110,8 +126,12 @@ func (s *Server) listen(name Service, port uint16) (*instance, error) {
 	}
 	in := &instance{port: port}
 	h := handler{name: name, s: s}
+	listen := s.cfg.Listen
+	if listen == nil {
+		listen = (&net.ListenConfig{}).Listen
+	}
 	for _, a := range addrs {
-		ln, err := net.Listen("tcp", a)
+		ln, err := listen(context.Background(), "tcp", a)
 		if err != nil {
 			in.close()
 			return nil, err
@@ -136,8 +156,13 @@ func (in *instance) close() {
 	}
 }
 
-// Close closes every listener. Call it after the last Sync.
+// Close closes every listener; later Syncs open none. uproxy calls it
+// when shutdown starts, so that the load balancers' checks reach a surging
+// instance sharing the ports, or fail.
 func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 	for name, in := range s.open {
 		in.close()
 		delete(s.open, name)

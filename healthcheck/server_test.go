@@ -158,3 +158,33 @@ func TestPublishCounts(t *testing.T) {
 		t.Errorf("count %d, want 2 (IPv4: 1 on http + 1 on https; IPv6: 1)", got)
 	}
 }
+
+// TestListenRetryAndClose: a port another socket holds is retried at the
+// next Sync; after Close, Syncs open nothing.
+func TestListenRetryAndClose(t *testing.T) {
+	s := New(Config{NodeName: "me", BindIPs: func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("127.0.0.1")} }},
+		zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(s.Close)
+	hc := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(int(hc))
+	blocker, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := Service{"ns", "lb"}
+	s.Sync(map[Service]uint16{name: hc}, map[Service]int{name: 1})
+	if s.open[name] != nil {
+		t.Fatal("listening although the port is held")
+	}
+	blocker.Close()
+	s.Sync(map[Service]uint16{name: hc}, map[Service]int{name: 1})
+	if code, _, _ := get(t, hc); code != http.StatusOK {
+		t.Fatalf("after the retry: %d, want 200", code)
+	}
+	s.Close()
+	s.Sync(map[Service]uint16{name: hc}, map[Service]int{name: 1})
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatal("a Sync after Close opened the port again")
+	}
+}

@@ -43,8 +43,8 @@ const (
 //     the drain: to watch it, and so that the exec liveness probe still
 //     finds /livez).
 //
-// The health check node ports (healthcheck/) answer 503 from step 1 on and
-// close after step 2.
+// The health check node ports (healthcheck/) close in step 1 too (they
+// share their ports with SO_REUSEPORT, like the HTTP servers).
 //
 // Portal rules are left in place: a restarted uproxy reads its proxy ports
 // back from them (iptables.InstalledProxyPorts) and listens on the same
@@ -206,6 +206,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	stop()
 	log.Info().AnErr("cause", stopErr).Dur("grace", opts.ShutdownGrace).Msg("shutting down: draining connections, portal rules stay")
 	health.shuttingDown.Store(true)
+	svcHealth.Close()
 	for i, srv := range servers {
 		if srv.name == "healthz" { // not the health socket: only this pod answers there
 			shutdownHTTP(servers[i:i+1], log)
@@ -213,7 +214,6 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 	}
 	cancelRun()
 	wg.Wait()
-	svcHealth.Close()
 	if proxier != nil {
 		drainCtx, cancel := context.WithTimeout(context.Background(), opts.ShutdownGrace)
 		start := time.Now()

@@ -23,7 +23,8 @@ func newServiceHealth(opts *options, node string, t *watch.Tracker, h *healthSer
 	case len(opts.NodePortAddresses) > 0:
 		bind = func() []netip.Addr { return localAddrsIn(opts.NodePortAddresses, log) }
 	}
-	return healthcheck.New(healthcheck.Config{NodeName: node, BindIPs: bind, Healthy: h.serviceProxyHealthy}, log)
+	lc := &net.ListenConfig{Control: reusePort} // as the HTTP servers: a surging instance shares the ports
+	return healthcheck.New(healthcheck.Config{NodeName: node, BindIPs: bind, Healthy: h.serviceProxyHealthy, Listen: lc.Listen}, log)
 }
 
 // serviceProxyHealthy is kube-proxy's ProxyHealthServer.IsHealthy: the sync
