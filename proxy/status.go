@@ -14,20 +14,25 @@ import (
 
 // PortStatus is one service port as /debug/services shows it.
 type PortStatus struct {
-	Name            string           `json:"name"` // ns/name:port
-	Namespace       string           `json:"namespace"`
-	Service         string           `json:"service"`
-	Port            string           `json:"port"` // the Service port's name
-	Protocol        string           `json:"protocol"`
-	Portals         []string         `json:"portals"` // ip:port of cluster, external and load-balancer IPs
-	NodePort        uint16           `json:"nodePort,omitempty"`
-	ProxyPort       uint16           `json:"proxyPort,omitempty"` // iptables mode; direct mode: the service port
-	Listen          []string         `json:"listen"`              // sockets actually open
-	Affinity        string           `json:"sessionAffinity"`     // "None" or "ClientIP"
-	AffinityTimeout time.Duration    `json:"sessionAffinityTimeout,omitempty"`
-	InternalLocal   bool             `json:"internalTrafficPolicyLocal,omitempty"`
-	Synced          bool             `json:"synced"` // false: endpoints known, service port not (yet) synced
-	Endpoints       []EndpointStatus `json:"endpoints"`
+	Name            string        `json:"name"` // ns/name:port
+	Namespace       string        `json:"namespace"`
+	Service         string        `json:"service"`
+	Port            string        `json:"port"` // the Service port's name
+	Protocol        string        `json:"protocol"`
+	Portals         []string      `json:"portals"` // ip:port of cluster, external and load-balancer IPs
+	NodePort        uint16        `json:"nodePort,omitempty"`
+	ProxyPort       uint16        `json:"proxyPort,omitempty"` // iptables mode; direct mode: the service port
+	Listen          []string      `json:"listen"`              // sockets actually open
+	Affinity        string        `json:"sessionAffinity"`     // "None" or "ClientIP"
+	AffinityTimeout time.Duration `json:"sessionAffinityTimeout,omitempty"`
+	InternalLocal   bool          `json:"internalTrafficPolicyLocal,omitempty"`
+	ExternalLocal   bool          `json:"externalTrafficPolicyLocal,omitempty"`
+	// Serves is "cluster" or "external" for the two listeners of a port
+	// split by its traffic policies (svc.Traffic), "" for a port serving both.
+	Serves              string           `json:"serves,omitempty"`
+	HealthCheckNodePort uint16           `json:"healthCheckNodePort,omitempty"`
+	Synced              bool             `json:"synced"` // false: endpoints known, service port not (yet) synced
+	Endpoints           []EndpointStatus `json:"endpoints"`
 
 	ActiveConnections int64         `json:"activeConnections"`
 	TotalConnections  uint64        `json:"totalConnections"`
@@ -95,6 +100,7 @@ func (p *Proxier) portStatusLocked(ps *portState) PortStatus {
 		}
 		st.NodePort = sp.NodePort
 		st.InternalLocal = sp.InternalLocal
+		st.ExternalLocal, st.HealthCheckNodePort, st.Serves = sp.Traffic.ExternalLocal, sp.Traffic.HealthCheckNodePort, serves(*sp)
 		if sp.Affinity.ClientIP {
 			st.Affinity = "ClientIP"
 			st.AffinityTimeout = time.Duration(ps.bal.affTimeout.Load())
@@ -170,6 +176,7 @@ func describePort(w io.Writer, st PortStatus) {
 	if st.InternalLocal {
 		field("Internal Traffic Policy", "Local")
 	}
+	describeTraffic(field, st)
 	field("Connections", fmt.Sprintf("active %d, total %d, bytes in %d, out %d", st.ActiveConnections,
 		st.TotalConnections, st.BytesToEndpoints, st.BytesToClients))
 	field("Failures", fmt.Sprintf("no endpoint %d, all tries failed %d, retries %d, early resets %d (moved %d)",

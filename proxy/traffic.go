@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/uproxy/uproxy/svc"
@@ -25,3 +26,31 @@ func directPortalAddrs(sp svc.Port) []netip.Addr {
 // directNodePort reports whether the port's listener binds its NodePort in
 // direct mode (the external listener of a split port, else every port).
 func directNodePort(sp svc.Port) bool { return sp.NodePort != 0 && sp.ServesExternal() }
+
+// serves is PortStatus.Serves for sp.
+func serves(sp svc.Port) string {
+	switch {
+	case !sp.Traffic.Split:
+		return ""
+	case sp.Name.External:
+		return "external"
+	}
+	return "cluster"
+}
+
+// describeTraffic adds the traffic policy lines of /debug/services (the
+// names kubectl describe service uses).
+func describeTraffic(field func(k, v string), st PortStatus) {
+	if st.ExternalLocal {
+		field("External Traffic Policy", "Local")
+	}
+	if st.HealthCheckNodePort != 0 {
+		field("HealthCheck NodePort", fmt.Sprint(st.HealthCheckNodePort))
+	}
+	switch st.Serves {
+	case "cluster":
+		field("Serves", "cluster traffic, and the node's own to external destinations")
+	case "external":
+		field("Serves", "external traffic from pods and other hosts")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +41,13 @@ func TestSplitPortListeners(t *testing.T) {
 	}
 	if id := who(t, addrOf(p, external.Name)); id != "local" {
 		t.Errorf("external listener answered by %q, want the external set's endpoint", id)
+	}
+	var text strings.Builder
+	p.Describe(&text)
+	for _, want := range []string{`Name:\s+default/web:http/external\n`, `External Traffic Policy:\s+Local\n`, `Serves:\s+external traffic`, `Serves:\s+cluster traffic`} {
+		if !regexp.MustCompile(want).MatchString(text.String()) {
+			t.Errorf("/debug/services lacks %q:\n%s", want, text.String())
+		}
 	}
 	portals := fp.last()
 	if len(portals) != 2 || portals[0].ProxyPort == portals[1].ProxyPort {
