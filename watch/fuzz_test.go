@@ -72,9 +72,11 @@ func FuzzConvertEndpointSlice(f *testing.F) {
 			}
 			seen[p.name] = true
 			ports = append(ports, svc.Port{Name: svc.PortName{Namespace: "ns", Name: info.service.Name, Port: p.name}, Protocol: p.proto,
-				InternalLocal: len(ports)%2 == 1})
+				InternalLocal: len(ports)%2 == 1, NodePort: uint16(30000 + len(ports)%3),
+				Traffic: svc.Traffic{ExternalLocal: len(ports)%3 == 0}})
 		}
-		for pn, eps := range endpointsFor(ports, []*sliceInfo{info, info}, families{v4: true, v6: true}, trafficEnv{node: "me"}) {
+		ports = splitTraffic(ports)
+		for pn, eps := range endpointsFor(ports, []*sliceInfo{info, info}, families{v4: true, v6: true}, trafficEnv{node: "me", zone: "zone-a"}) {
 			for i, e := range eps {
 				if !e.Addr.IsValid() || e.Addr.Port() == 0 {
 					t.Fatalf("%v: invalid endpoint %v", pn, e)
