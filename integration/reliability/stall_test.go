@@ -40,15 +40,28 @@ const (
 // conntrack's statistics, and the drops of UPROXY-PORT-WAIT: the hops a
 // stall can come from.
 //
-// UPROXY_STALL_DROP_NTH=N drops every N-th SYN to the uproxy portal (mangle
-// PREROUTING, before the REDIRECT): the injected stall the test must catch.
+// The counters line also gives uproxy's dial retries, early resets and
+// endpoint ejections during the load. Knobs for measuring variants (none is
+// set in make test):
+//   - UPROXY_STALL_DROP_NTH=N drops every N-th SYN to the uproxy portal
+//     (mangle PREROUTING, before the REDIRECT): the injected stall the test
+//     must catch;
+//   - UPROXY_STALL_PODS=N deploys N endpoints instead of 3;
+//   - UPROXY_STALL_TWREUSE=1 gives the client tcp_tw_reuse=1 and ports
+//     1024-65535 (as the bench's client), so it reuses its ports within
+//     seconds;
+//   - UPROXY_STALL_SHOW=1 logs every connection slower than 250 ms.
 func TestNewConnectionsNeverStall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long: 66,666 new connections, about 2 minutes (runs without -short, as in make test)")
 	}
 	w := newWorld(t, "rel-stall", 8*time.Minute)
-	e := w.deployEcho("echo", 3)
-	pods, err := w.b.WaitEndpoints(w.ctx, w.ns, e.name, 3)
+	npods := 3
+	if v, err := strconv.Atoi(os.Getenv("UPROXY_STALL_PODS")); err == nil {
+		npods = v
+	}
+	e := w.deployEcho("echo", int32(npods))
+	pods, err := w.b.WaitEndpoints(w.ctx, w.ns, e.name, npods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +74,13 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 			"-m", "statistic", "--mode", "nth", "--every", nth, "--packet", "0", "-j", "DROP")
 	}
 
+	if os.Getenv("UPROXY_STALL_TWREUSE") != "" {
+		for _, kv := range []string{"net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65535"} {
+			if _, err := w.client.NS.Output(w.ctx, "sysctl", "-q", "-w", kv); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	before := w.stallCounters()
 	start := time.Now()
 	samples := w.connLoad(targets, stallConns+stallConns/(stallEvery-1), stallWorkers, stallEvery, stallMaxTime)
@@ -90,7 +110,22 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 	summary("stall", "%s; %s; in %v (%.0f conn/s)", figures[0], figures[1], elapsed.Round(time.Millisecond),
 		float64(len(samples))/elapsed.Seconds())
 	delta := after.minus(before)
+	m := w.metrics()
+	label := w.portLabel(e, "http")
+	for _, name := range []string{"uproxy_dial_retries_total", "uproxy_early_resets_total", "uproxy_connection_failures_total"} {
+		v, _ := metric(m, name, label)
+		delta[name] = int64(v)
+	}
+	ej, _ := metric(m, "uproxy_endpoint_ejections_total", `service_port="`+w.ns+"/"+e.name+`:http"`)
+	delta["uproxy_endpoint_ejections_total"] = int64(ej)
 	t.Logf("counters during the load: %s", delta)
+	if os.Getenv("UPROXY_STALL_SHOW") != "" {
+		for _, s := range samples {
+			if s.total > 250*time.Millisecond {
+				t.Logf("%s %s", targets[s.target].name, s)
+			}
+		}
+	}
 	if len(stalls[0]) == 0 {
 		return
 	}
