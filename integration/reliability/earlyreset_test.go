@@ -24,8 +24,11 @@ import (
 //   - "count-reset": reads one request line, counts it (the work is done),
 //     then resets the connection (SO_LINGER 0), as a server that crashes
 //     after processing, or that closes without answering by design;
-//   - "reset-at-once": resets every connection right after accept, before
-//     reading (a connect-level failure: nothing of the request was taken);
+//   - "reset-at-once": resets every connection 10 ms after accept, before
+//     reading (a connect-level failure: nothing of the request was taken).
+//     The 10 ms make uproxy see the reset after its connect returned (an
+//     early reset): a reset at once sometimes beat the connect's return and
+//     was handled as a failed dial, retried whatever the replay setting;
 //   - "answer": reads one line, counts it, answers "ok:<line>".
 type tcpBackend struct {
 	ip       string
@@ -65,6 +68,7 @@ func (w *world) startTCPBackend(mode string) *tcpBackend {
 func (be *tcpBackend) serve(c *net.TCPConn, mode string) {
 	defer c.Close()
 	if mode == "reset-at-once" {
+		time.Sleep(10 * time.Millisecond)
 		_ = c.SetLinger(0)
 		return
 	}
@@ -191,9 +195,10 @@ func TestEarlyResetReplayRule(t *testing.T) {
 			var firstErr error
 			for i := range n {
 				line := fmt.Sprintf("req-%d", i)
-				// The endpoint's reset arrives while the client waits;
-				// the request goes out after it, within the window.
-				got, err := w.request(net.JoinHostPort(moveIP, port), line, 30*time.Millisecond)
+				// The endpoint's reset (10 ms after accept) arrives while
+				// the client waits; the request goes out after it, within
+				// the 100 ms window.
+				got, err := w.request(net.JoinHostPort(moveIP, port), line, 40*time.Millisecond)
 				switch {
 				case err != nil:
 					failed++
@@ -208,10 +213,11 @@ func TestEarlyResetReplayRule(t *testing.T) {
 			moved, _ := metric(m, "uproxy_early_resets_total", moveLabel, `outcome="moved"`)
 			early, _ := metric(m, "uproxy_early_resets_total", moveLabel, `outcome="all"`)
 			ejections, _ := metric(m, "uproxy_endpoint_ejections_total", moveLabel)
-			summary("early-reset-move", "replay %v: %d requests, reset-at-once endpoint accepted %d in all: failed %d (first %v), wrong %d; early resets %.0f, moved %.0f, ejections %.0f",
-				replay, n, atOnce.accepted.Load(), failed, firstErr, wrong, early, moved, ejections)
+			retries, _ := metric(m, "uproxy_dial_retries_total", moveLabel)
+			summary("early-reset-move", "replay %v: %d requests, reset-at-once endpoint accepted %d in all: failed %d (first %v), wrong %d; early resets %.0f, moved %.0f, dial retries %.0f, ejections %.0f",
+				replay, n, atOnce.accepted.Load(), failed, firstErr, wrong, early, moved, retries, ejections)
 			if early < 1 || ejections < 1 {
-				t.Errorf("the reset-at-once endpoint was never seen failing (early resets %.0f, ejections %.0f)", early, ejections)
+				t.Errorf("the reset-at-once endpoint was never seen failing after connect (early resets %.0f, dial retries %.0f, ejections %.0f)", early, retries, ejections)
 			}
 			if wrong != 0 {
 				t.Errorf("%d wrong answers", wrong)
