@@ -55,11 +55,11 @@ type Config struct {
 	EjectMax  time.Duration // ejection cap; default 30s
 	// EarlyResetWindow: an endpoint that resets (or closes before sending a
 	// byte while the client is still sending) within this time after connect
-	// and before acknowledging any byte of the client's counts as failed
+	// and before any byte of the client's was sent to it counts as failed
 	// (ejected); the connection is retried on another endpoint when the
-	// client's bytes so far fit the replay buffer. A reset after the
-	// endpoint acknowledged data is passed to the client: a replay could
-	// duplicate the request. Default 100ms.
+	// client's bytes so far fit the replay buffer. A reset after client
+	// bytes went out is passed to the client: a replay could duplicate the
+	// request. Default 100ms.
 	EarlyResetWindow time.Duration
 	// NoEarlyResetReplay keeps the connection on the endpoint that failed
 	// right after connect: the client sees the reset (the endpoint is still

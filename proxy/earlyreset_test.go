@@ -76,7 +76,7 @@ func (s *resetServer) addr() string { return s.ln.Addr().String() }
 
 // TestEarlyResetReplayRule: a connection is moved to another endpoint (and
 // the failed one ejected) only when the endpoint failed before
-// acknowledging any of the client's bytes; an endpoint that read the
+// any of the client's bytes was sent to it; an endpoint that read the
 // request and then reset or closed keeps its place and the client sees
 // what it did, so the request runs once.
 func TestEarlyResetReplayRule(t *testing.T) {

@@ -285,14 +285,19 @@ func (r *tcpRelay) commit() {
 // earlyFailure reports whether a read error on bc before the endpoint's
 // first byte is a connect-level failure of the endpoint: within
 // EarlyResetWindow of the connect, a reset (or an EOF while the client had
-// not half-closed, or after a client write to bc failed) before the
-// endpoint's TCP stack acknowledged a single byte we sent it (nothingAcked).
+// not half-closed, or after a client write to bc failed) before a single
+// byte of the client's had left this host for the endpoint (nothingSent).
 // Only such a failure ejects the endpoint and moves the connection: the
-// endpoint's application cannot have read any of the request, so the replay
-// cannot make it run twice (HAProxy's retry-on conn-failure; Envoy's
-// connect-failure, not its reset). A reset or close after the endpoint took
-// some of the request may be its answer by design, or come after it did the
-// work: it reaches the client as it is and the endpoint stays in.
+// endpoint cannot have read any of the request, so the replay cannot make
+// it run twice (HAProxy's retry-on conn-failure; Envoy's connect-failure,
+// not its reset). A reset or close after bytes went out may be the
+// endpoint's answer by design, or come after it did the work: it reaches
+// the client as it is and the endpoint stays in.
+//
+// Not "nothing acknowledged" (tcpi_bytes_acked): on loopback and veth the
+// endpoint's ACK and its reset are queued per CPU and can arrive in either
+// order, so a request the endpoint had read looked unacknowledged; a unit
+// run on the loaded machine replayed one (TestEarlyResetReplayRule).
 func (r *tcpRelay) earlyFailure(bc *net.TCPConn, err error) bool {
 	if r.p.cfg.DisableEjection || mono()-r.connectedAt > int64(r.p.cfg.EarlyResetWindow) {
 		return false
@@ -309,22 +314,23 @@ func (r *tcpRelay) earlyFailure(bc *net.TCPConn, err error) bool {
 	default:
 		return false
 	}
-	return nothingAcked(bc)
+	return nothingSent(bc)
 }
 
-// nothingAcked reports whether the peer acknowledged none of the bytes
-// written to c: TCP_INFO tcpi_bytes_acked, which counts our SYN too (1 on a
-// fresh connection, 1+n after n data bytes were acknowledged) and is kept
-// after a reset (measured: 1, then 6 after "hello" and the peer's reset).
-// Unknown counts as acknowledged: no replay when in doubt.
-func nothingAcked(c *net.TCPConn) bool {
+// nothingSent reports whether no data byte has left this host on c:
+// TCP_INFO tcpi_bytes_sent (data only, retransmissions included; 0 on a
+// fresh connection, kept after a reset). Bytes written into the socket but
+// not yet transmitted do not count: the endpoint cannot have them, and once
+// the reset arrived the socket sends nothing more. Unknown counts as sent:
+// no replay when in doubt.
+func nothingSent(c *net.TCPConn) bool {
 	info, ok := tcpInfo(c)
-	return ok && info.Bytes_acked <= 1
+	return ok && info.Bytes_sent == 0
 }
 
 // retryEarly ejects the endpoint that failed right after connect (see
 // earlyFailure) and moves the connection to another one, replaying what the
-// client sent so far (none of which the failed endpoint acknowledged). It
+// client sent so far (none of which reached the failed endpoint). It
 // reports false when that is impossible (replay off, replay overflow, tries
 // exhausted, no other endpoint answering).
 func (r *tcpRelay) retryEarly(old *net.TCPConn, cause error) bool {

@@ -127,7 +127,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.IntVar(&raw.udpMaxSessions, "udp-max-sessions", proxy.DefaultUDPMaxSessions, "Maximum number of concurrent UDP sessions (client ip:port) per service port; datagrams from new clients beyond it are dropped and counted.")
 	fs.DurationVar(&raw.shutdownGrace, "shutdown-grace", 20*time.Second, "On SIGTERM/SIGINT, how long established connections may drain before uproxy exits. Portal rules stay in place so a restarted uproxy takes its ports back.")
 	fs.BoolVar(&raw.disableEjection, "disable-ejection", false, "Do not eject failing endpoints (for measurements only).")
-	fs.BoolVar(&raw.earlyResetReplay, "early-reset-replay", true, "Move a connection whose endpoint reset it within 100ms of connect, before acknowledging any byte of it, to another endpoint, replaying the client's bytes (up to 64 KiB). A reset after the endpoint acknowledged data always reaches the client (a replay could duplicate the request). false: such resets reach the client too.")
+	fs.BoolVar(&raw.earlyResetReplay, "early-reset-replay", true, "Move a connection whose endpoint reset it within 100ms of connect, before any byte of the client's was sent to it, to another endpoint, replaying the client's bytes (up to 64 KiB). A reset after client bytes went out always reaches the client (a replay could duplicate the request). false: such resets reach the client too.")
 	return fs
 }
 
