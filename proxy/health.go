@@ -14,8 +14,9 @@ import (
 // An endpoint is ejected (skipped by new picks of every client of its port)
 // when a dial to it fails with an endpoint fault (refused, unreachable,
 // timeout; see endpointFault) or when it resets or closes a connection
-// within Config.EarlyResetWindow of the connect before sending a byte while
-// the client was still sending (see splice.go). Ejection lasts EjectBase,
+// within Config.EarlyResetWindow of the connect before sending a byte and
+// before any byte of the client's was sent to it (a connect-level failure;
+// see earlyFailure in splice.go). Ejection lasts EjectBase,
 // doubling per repeated ejection up to EjectMax; an endpoint that stayed
 // admitted for 2×EjectMax starts over at EjectBase.
 //
