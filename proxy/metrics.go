@@ -21,6 +21,7 @@ var (
 	descUDPActive  = prometheus.NewDesc("uproxy_udp_sessions_active", "UDP sessions open, per service port.", labelsPort, nil)
 	descUDPTotal   = prometheus.NewDesc("uproxy_udp_sessions_total", "UDP sessions created, per service port.", labelsPort, nil)
 	descUDPCap     = prometheus.NewDesc("uproxy_udp_session_cap_drops_total", "Datagrams dropped because the port's UDP session cap was reached.", labelsPort, nil)
+	descUDPEvict   = prometheus.NewDesc("uproxy_udp_session_evictions_total", "UDP sessions idle for at least 1s closed to make room for a new client at the session cap.", labelsPort, nil)
 	descDialTO     = prometheus.NewDesc("uproxy_dial_timeout_seconds", "Current adaptive first-try dial timeout, per service port.", labelsPort, nil)
 	descEpActive   = prometheus.NewDesc("uproxy_endpoint_connections_active", "Open connections (TCP) or sessions (UDP) per endpoint.", labelsEndpoint, nil)
 	descEpTotal    = prometheus.NewDesc("uproxy_endpoint_connections_total", "Connections or sessions started per endpoint.", labelsEndpoint, nil)
@@ -41,7 +42,7 @@ type collector struct{ p *Proxier }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descActive, descTotal, descBytes, descConnFail, descRetries, descEarly,
-		descUDPActive, descUDPTotal, descUDPCap, descDialTO, descEpActive, descEpTotal, descEpDialFail, descEpEject,
+		descUDPActive, descUDPTotal, descUDPCap, descUDPEvict, descDialTO, descEpActive, descEpTotal, descEpDialFail, descEpEject,
 		descEpEjected, descEpProbes, descListeners, descAcceptErr, descShed, descIdleClosed} {
 		ch <- d
 	}
@@ -79,6 +80,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descUDPActive, float64(st.udpActive.Load()), n, proto)
 		counter(descUDPTotal, st.udpTotal.Load(), n, proto)
 		counter(descUDPCap, st.udpCapDrops.Load(), n, proto)
+		counter(descUDPEvict, st.udpEvictions.Load(), n, proto)
 		gauge(descDialTO, p.firstTimeout(ps).Seconds(), n, proto)
 		s := ps.bal.set.Load()
 		if s == nil {

@@ -76,10 +76,11 @@ type portStats struct {
 	earlyResets atomic.Uint64 // endpoint reset right after connect
 	replays     atomic.Uint64 // connections moved to another endpoint after an early reset
 
-	udpActive   atomic.Int64
-	udpTotal    atomic.Uint64
-	udpCapDrops atomic.Uint64 // datagrams dropped: session cap reached
-	udpCapLogAt atomic.Int64
+	udpActive    atomic.Int64
+	udpTotal     atomic.Uint64
+	udpCapDrops  atomic.Uint64 // datagrams dropped: session cap reached
+	udpEvictions atomic.Uint64 // idle sessions closed to make room at the cap
+	udpCapLogAt  atomic.Int64
 }
 
 // New returns a Proxier. portals receives the complete portal set after every

@@ -114,7 +114,7 @@ func (s *udpServer) session(caddr netip.AddrPort, name *sockName, b *udpBatch, i
 		sess.closeLocked()
 	}
 	ps := s.ps
-	if ps.stats.udpActive.Load() >= int64(s.p.cfg.UDPMaxSessions) {
+	if ps.stats.udpActive.Load() >= int64(s.p.cfg.UDPMaxSessions) && !s.evictIdleLocked() {
 		ps.stats.udpCapDrops.Add(1)
 		s.logCap()
 		return nil
@@ -155,6 +155,35 @@ func (s *udpServer) session(caddr netip.AddrPort, name *sockName, b *udpBatch, i
 	}
 	ps.stats.dialFailed.Add(1)
 	return nil
+}
+
+// udpEvictIdle is how long a session must have been idle before a new
+// client at the cap takes its place: a DNS query's session, answered at
+// once, is done long before --udp-timeout, which only keeps the reply path
+// for slow answers.
+const udpEvictIdle = time.Second
+
+// evictIdleLocked makes room at the session cap by closing this server's
+// longest-idle session, if it has been idle for udpEvictIdle (as conntrack
+// drops old unreplied entries when its table is full). It reports whether
+// it closed one. The scan is linear, and only runs at the cap. Callers hold
+// s.mu.
+func (s *udpServer) evictIdleLocked() bool {
+	now := mono()
+	var victim *udpSession
+	oldest := now - int64(udpEvictIdle)
+	for _, sess := range s.sessions {
+		if l := sess.last.Load(); l <= oldest {
+			victim, oldest = sess, l
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(s.sessions, victim.client)
+	victim.closeLocked()
+	s.ps.stats.udpEvictions.Add(1)
+	return true
 }
 
 // logCap logs the session cap once per burst (at most every 10s).

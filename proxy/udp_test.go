@@ -116,6 +116,28 @@ func TestUDPSessions(t *testing.T) {
 				t.Fatalf("sessions %d, want 2 (cap)", st.UDPSessions)
 			}
 		},
+		"session cap evicts the longest-idle session": func(t *testing.T, p *Proxier, n svc.PortName, addr string) {
+			c1, c2 := dialUDP(t, addr), dialUDP(t, addr)
+			for _, c := range []*net.UDPConn{c1, c2} {
+				if _, err := udpAsk(c, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(udpEvictIdle + 100*time.Millisecond)
+			if _, err := udpAsk(c2, []byte("y")); err != nil { // c2 busy again; c1 idle longest
+				t.Fatal(err)
+			}
+			if got, err := udpAsk(dialUDP(t, addr), []byte("z")); err != nil || got != "u1:z" {
+				t.Fatalf("a new client at the cap: %q, %v; want it served in c1's place", got, err)
+			}
+			st := p.Snapshot()[0]
+			if st.UDPCapDrops != 0 || st.UDPSessions != 2 || p.ports[n].stats.udpEvictions.Load() != 1 {
+				t.Fatalf("cap drops %d, sessions %d, evictions %d; want 0, 2, 1", st.UDPCapDrops, st.UDPSessions, p.ports[n].stats.udpEvictions.Load())
+			}
+			if got, err := udpAsk(c2, []byte("w")); err != nil || got != "u1:w" {
+				t.Fatalf("the busier session was evicted: %q, %v", got, err)
+			}
+		},
 	}
 	for name, run := range tests {
 		t.Run(name, func(t *testing.T) {
