@@ -249,7 +249,21 @@ func TestScaleInDrainsInFlight(t *testing.T) {
 	if s.Requests != 6 || s.Failures != 0 || drained == 0 {
 		t.Errorf("want 6 slow requests to finish, some on removed pods, despite the scale-in: %v drained=%d\n%s", s, drained, s.FailureDetail())
 	}
-	if f.Failures != 0 {
+	// A pod that stops accepting at SIGTERM resets the connections still in
+	// its accept queue. One that uproxy had just handed a new request to is
+	// cut after its bytes were delivered: uproxy does not replay it (it
+	// cannot know the pod never read it; issue 15 item 7), as kube-proxy
+	// cannot. At most one such request (seen once in a CI run); any other
+	// failure fails the test.
+	cut := 0
+	for _, x := range f.Failed {
+		if strings.HasPrefix(x.Detail, "exit=52 ") || strings.HasPrefix(x.Detail, "exit=56 ") {
+			cut++
+		}
+	}
+	if f.Failures > cut || f.Failures > len(f.Failed) || cut > 1 {
 		t.Errorf("new requests during the scale-in failed: %v\n%s", f, f.FailureDetail())
+	} else if cut > 0 {
+		t.Logf("%d new request cut by a pod that reset its accept queue at SIGTERM (not replayed):\n%s", cut, f.FailureDetail())
 	}
 }

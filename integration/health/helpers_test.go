@@ -51,24 +51,29 @@ func TestMeasures(t *testing.T) {
 	}
 }
 
-// TestLostInFlight: only timeouts with no byte back that started before the
-// fault was in place count as lost in flight.
+// TestLostInFlight: only requests that started before the fault was in
+// place and were cut by it count as lost in flight: timeouts with no byte
+// back, and resets or empty replies that ended after the fault went in.
 func TestLostInFlight(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	timeout := "exit=28 curl: (28) Operation timed out after 5001 milliseconds with 0 bytes received"
+	reset := "exit=56 curl: (56) Recv failure: Connection reset by peer"
 	cases := map[string]struct {
 		sample bed.Sample
 		want   int
 	}{
-		"timeout before the fault": {bed.Sample{Start: t0.Add(-time.Millisecond), Detail: timeout}, 1},
-		"timeout after the fault":  {bed.Sample{Start: t0.Add(time.Millisecond), Detail: timeout}, 0},
-		"reset before the fault":   {bed.Sample{Start: t0.Add(-time.Millisecond), Detail: "exit=56 curl: (56) Recv failure: Connection reset by peer"}, 0},
-		"answered":                 {bed.Sample{Start: t0.Add(-time.Millisecond), OK: true, Pod: "p"}, 0},
+		"timeout before the fault":     {bed.Sample{Start: t0.Add(-time.Millisecond), Detail: timeout}, 1},
+		"timeout after the fault":      {bed.Sample{Start: t0.Add(time.Millisecond), Detail: timeout}, 0},
+		"reset over before the fault":  {bed.Sample{Start: t0.Add(-10 * time.Millisecond), Dur: time.Millisecond, Detail: reset}, 0},
+		"reset in flight at the fault": {bed.Sample{Start: t0.Add(-time.Millisecond), Dur: 5 * time.Millisecond, Detail: reset}, 1},
+		"empty reply in flight":        {bed.Sample{Start: t0.Add(-time.Millisecond), Dur: 5 * time.Millisecond, Detail: "exit=52 curl: (52) Empty reply from server"}, 1},
+		"reset after the fault":        {bed.Sample{Start: t0.Add(time.Millisecond), Dur: 5 * time.Millisecond, Detail: reset}, 0},
+		"answered":                     {bed.Sample{Start: t0.Add(-time.Millisecond), OK: true, Pod: "p"}, 0},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			sum := bed.Summarize([]bed.Sample{c.sample})
-			if got := lostInFlight(sum, result{faultDone: t0}); got != c.want {
+			if got := lostInFlight(sum, result{at: t0, faultDone: t0}); got != c.want {
 				t.Errorf("lostInFlight = %d, want %d", got, c.want)
 			}
 		})
