@@ -139,12 +139,20 @@ func lostInFlight(sum bed.Summary, res result) int {
 			continue
 		}
 		silent := strings.HasPrefix(x.Detail, "exit=28 ") && strings.Contains(x.Detail, " 0 bytes received")
-		cut := (strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 ")) && !x.Start.Add(x.Dur).Before(res.at)
-		if silent || cut {
+		if silent || cutByFault(x, res) {
 			n++
 		}
 	}
 	return n
+}
+
+// cutByFault: a request in flight when the fault went in that the fault cut
+// (reset, or closed without an answer, by a killed pod). The pod may have
+// run it, so no proxy that never runs a request twice can save it: it does
+// not count against the failure goal (the row shows it as lost).
+func cutByFault(x bed.Sample, res result) bool {
+	return !x.OK && !res.faultDone.IsZero() && x.Start.Before(res.faultDone) && !x.Start.Add(x.Dur).Before(res.at) &&
+		(strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 "))
 }
 
 // checkVictims makes sure the fault took (a harness check): the faulty pods
