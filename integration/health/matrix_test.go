@@ -27,6 +27,7 @@ const (
 	settle    = 1500 * time.Millisecond
 	warmup    = 500 * time.Millisecond // excluded from the baseline rate
 	slowPerEP = 2                      // slow requests allowed per bad endpoint
+	cutPerEP  = 2                      // requests cut after delivery allowed per bad endpoint
 	minRatio  = 0.90                   // throughput during the event / before
 	readyMax  = time.Second            // scale-out: Ready to first answer
 	// defaultWindow is the "during" span of scenarios without API delay.
@@ -201,14 +202,27 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 		box.base.Round(time.Millisecond), 100*r.speed)
 
 	t.Logf("%s timeline (500 ms buckets from the baseline start; requests started, slowest; the machine's stall):\n%s", sc.name, timeline(sum, start, event, box))
-	cut := 0
+	// Requests cut after uproxy delivered them (reset, or closed without an
+	// answer) are not replayed: the pod may have read them (issue 15 item
+	// 7). Those in flight at a SIGKILL fault never count; otherwise up to
+	// cutPerEP per bad endpoint (one that resets right after accepting is
+	// ejected only when its reset comes during the connect) and one for a
+	// pod that resets its accept queue at SIGTERM. Every other failure
+	// counts.
+	cut, delivered := 0, 0
 	for _, x := range sum.Samples {
-		if cutByFault(x, res) {
+		switch {
+		case cutByFault(x, res):
 			cut++
+		case !x.OK && (strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 ")):
+			delivered++
 		}
 	}
-	if sum.Failures > cut {
-		r.missed = append(r.missed, fmt.Sprintf("%d of %d requests failed (%d of them cut in flight by the fault):\n%s", sum.Failures, sum.Requests, cut, sum.FailureDetail()))
+	if allowed := 1 + cutPerEP*sc.bad; sum.Failures > cut+min(delivered, allowed) {
+		r.missed = append(r.missed, fmt.Sprintf("%d of %d requests failed (%d cut in flight by the fault, %d cut after delivery of %d allowed):\n%s",
+			sum.Failures, sum.Requests, cut, delivered, allowed, sum.FailureDetail()))
+	} else if cut+delivered > 0 {
+		t.Logf("%s: %d requests cut in flight by the fault and %d cut after delivery (not replayed, issue 15 item 7):\n%s", sc.name, cut, delivered, sum.FailureDetail())
 	}
 	if sc.bad > 0 {
 		if r.slow > slowPerEP*sc.bad {
