@@ -5,16 +5,17 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 )
 
-// startHolder runs a holder on a socket in a temporary directory.
-func startHolder(t *testing.T) (*Holder, string) {
+// serveHolder runs a holder on path until the returned stop is called;
+// stop checks that Serve ended cleanly and closed every socket it held.
+func serveHolder(t *testing.T, path string) (*Holder, func()) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "fds.sock")
 	ln, err := Listen(path)
 	if err != nil {
 		t.Fatal(err)
@@ -23,15 +24,28 @@ func startHolder(t *testing.T) (*Holder, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		if n := h.count(); n != 0 {
-			t.Errorf("holder still holds %d sockets after Serve returned", n)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			if n := h.count(); n != 0 {
+				t.Errorf("holder still holds %d sockets after Serve returned", n)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return h, stop
+}
+
+// startHolder runs a holder on a socket in a temporary directory until the
+// test ends.
+func startHolder(t *testing.T) (*Holder, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fds.sock")
+	h, _ := serveHolder(t, path)
 	return h, path
 }
 
@@ -195,18 +209,7 @@ func TestDropAndSettle(t *testing.T) {
 // listener to the next holder.
 func TestHolderRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fds.sock")
-	serve := func() (*Holder, func()) {
-		ln, err := Listen(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := NewHolder(zerolog.New(zerolog.NewTestWriter(t)))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { _ = h.Serve(ctx, ln); close(done) }()
-		return h, func() { cancel(); <-done }
-	}
-	h1, stop1 := serve()
+	h1, stop1 := serveHolder(t, path)
 	k, _ := runKeeper(t, path)
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -217,8 +220,7 @@ func TestHolderRestart(t *testing.T) {
 	k.Settle()
 	waitHeld(t, h1, 1)
 	stop1()
-	h2, stop2 := serve()
-	defer stop2()
+	h2, _ := serveHolder(t, path)
 	waitHeld(t, h2, 1)
 }
 
@@ -227,19 +229,12 @@ func TestHolderRestart(t *testing.T) {
 // or was never reached.
 func TestHolderStays(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fds.sock")
-	ln, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := NewHolder(zerolog.New(zerolog.NewTestWriter(t)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = h.Serve(ctx, ln); close(done) }()
+	_, stop := serveHolder(t, path)
 	k, _ := runKeeper(t, path)
 	if !k.HolderStays(50 * time.Millisecond) {
 		t.Fatal("HolderStays false while the holder runs")
 	}
-	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	go func() { time.Sleep(50 * time.Millisecond); stop() }()
 	start := time.Now()
 	if k.HolderStays(5 * time.Second) {
 		t.Fatal("HolderStays true although the holder stopped")
@@ -247,7 +242,6 @@ func TestHolderStays(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("HolderStays noticed the hang-up after %v", d)
 	}
-	<-done
 	lone := Load(context.Background(), filepath.Join(t.TempDir(), "none.sock"), 0, zerolog.Nop())
 	if lone.HolderStays(time.Millisecond) {
 		t.Error("HolderStays true without a holder")

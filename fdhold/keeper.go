@@ -38,7 +38,6 @@ type Keeper struct {
 	hangup chan struct{} // closed when the current connection's holder hangs up; nil: never connected
 
 	conn *net.UnixConn     // from Load, handed to Run
-	lost chan struct{}     // conn's hangup
 	sent map[string]uint64 // with conn: what the holder has (generation 0: from a previous run)
 }
 
@@ -63,7 +62,8 @@ func Load(ctx context.Context, path string, wait time.Duration, log zerolog.Logg
 	for {
 		conn, files, err := k.connect(ctx)
 		if err == nil {
-			k.conn, k.sent, k.lost = conn, map[string]uint64{}, k.watchHangup(conn)
+			k.conn, k.sent = conn, map[string]uint64{}
+			k.watchHangup(conn)
 			for key, f := range files {
 				k.inherited[key] = f
 				k.sent[key] = 0
@@ -181,9 +181,7 @@ func (k *Keeper) Settle() {
 // within wait: when the pod is deleted it gets SIGTERM with uproxy and hangs
 // up at once; when only uproxy's container restarts it stays.
 func (k *Keeper) HolderStays(wait time.Duration) bool {
-	k.connMu.Lock()
-	ch := k.hangup
-	k.connMu.Unlock()
+	ch := k.currentHangup()
 	if ch == nil {
 		return false
 	}
@@ -207,8 +205,9 @@ func (k *Keeper) poke() {
 // Run applies the recorded changes to the holder until ctx ends (then once
 // more), reconnecting when the holder goes away. It owns the connection.
 func (k *Keeper) Run(ctx context.Context) error {
-	conn, sent, lost := k.conn, k.sent, k.lost
-	k.conn, k.sent, k.lost = nil, nil, nil
+	conn, sent := k.conn, k.sent
+	k.conn, k.sent = nil, nil
+	lost := k.currentHangup() // nil (never ready) while not connected
 	defer func() {
 		if conn != nil {
 			_ = conn.Close()
@@ -261,6 +260,13 @@ func (k *Keeper) Run(ctx context.Context) error {
 			conn = nil
 		}
 	}
+}
+
+// currentHangup is the hang-up channel of the current connection, or nil.
+func (k *Keeper) currentHangup() chan struct{} {
+	k.connMu.Lock()
+	defer k.connMu.Unlock()
+	return k.hangup
 }
 
 // watchHangup reads conn, on which the holder never sends unasked, until

@@ -49,10 +49,11 @@ func (p *Proxier) takeSocket(proto svc.Protocol, addr string, reuse bool) *os.Fi
 		return nil
 	}
 	_, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "0" {
+	n, perr := strconv.ParseUint(port, 10, 16)
+	if err != nil || perr != nil || n == 0 {
 		return nil
 	}
-	return p.cfg.Sockets.Take(string(proto) + " " + addr)
+	return p.cfg.Sockets.Take(socketKey(proto, addr, uint16(n)))
 }
 
 // keptSocket is one listener's socket under its SocketKeeper key.

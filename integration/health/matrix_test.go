@@ -214,7 +214,7 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 		switch {
 		case cutByFault(x, res):
 			cut++
-		case !x.OK && (strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 ")):
+		case cutAfterDelivery(x):
 			delivered++
 		}
 	}

@@ -152,7 +152,13 @@ func lostInFlight(sum bed.Summary, res result) int {
 // not count against the failure goal (the row shows it as lost).
 func cutByFault(x bed.Sample, res result) bool {
 	return !x.OK && !res.faultDone.IsZero() && x.Start.Before(res.faultDone) && !x.Start.Add(x.Dur).Before(res.at) &&
-		(strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 "))
+		cutAfterDelivery(x)
+}
+
+// cutAfterDelivery: curl's error for a request that reached the endpoint
+// and was then cut: reset while receiving, or closed without an answer.
+func cutAfterDelivery(x bed.Sample) bool {
+	return !x.OK && (strings.HasPrefix(x.Detail, "exit=56 ") || strings.HasPrefix(x.Detail, "exit=52 "))
 }
 
 // checkVictims makes sure the fault took (a harness check): the faulty pods
