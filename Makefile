@@ -33,7 +33,8 @@ test-unit:
 # The integration bed needs root, the control plane (make testbin) and the binary.
 test-integration: testbin build
 	mkdir -p bin
-	$(GO) test $(GOFLAGS_T) -p 1 -timeout 60m -v ./integration/... 2>&1 | tee bin/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SUMMARY|panic)' ; exit $${PIPESTATUS[0]}
+	$(GO) test $(GOFLAGS_T) -p 1 -timeout 60m -v ./integration/... 2>&1 | tee bin/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SUMMARY|panic)' ; \
+		rc=$${PIPESTATUS[0]}; if [ $$rc != 0 ]; then ./scripts/failure-digest.sh bin/integration.log; fi; exit $$rc
 
 testbin:
 	./integration/testbin/build.sh

@@ -26,7 +26,13 @@ type overlapCase struct {
 	// wantResets: with the handover off, connections must be reset.
 	wantResets bool
 	rounds     int // surges in a row
+	// lagEvery: every lagEvery-th surge (from the first) stops the old
+	// instance with connections in its accept queue (stopLagging); the
+	// others send a plain SIGTERM.
+	lagEvery int
 }
+
+func (c overlapCase) lagging(round int) bool { return c.lagEvery > 0 && round%c.lagEvery == 0 }
 
 // overlapRounds is how many surges TestOverlappingInstances runs in a row:
 // at ~1000 connections/s a closing listener holds a queued connection in
@@ -34,19 +40,50 @@ type overlapCase struct {
 // handover off: 1-18 resets in 8 surges).
 const overlapRounds = 8
 
+// overlapBurst is how many clients connect at once while the old instance
+// is stopped (stopLagging): about half wait in its accept queue.
+const overlapBurst = 128
+
+// stopLagging stops old the way a busy or starved instance stops: it is
+// frozen (SIGSTOP), a burst of clients connects, and it gets SIGTERM and
+// SIGCONT 100 ms later, so its accept queue holds connections when its
+// shutdown starts and the accept loop races the close. (A steady load of
+// ~1000 connections/s leaves a connection in the closing queue in only
+// some surges: with the handover off, 0-1 resets in 12 surges on an idle
+// machine.) It waits for the exit like Proc.Stop.
+func stopLagging(w *world, old *bed.Proc, load *tcpLoad, addr string) (error, bool) {
+	if err := old.Signal(syscall.SIGSTOP); err != nil {
+		return err, false
+	}
+	load.burst(w, addr, overlapBurst)
+	w.sleep(100 * time.Millisecond)
+	_ = old.Signal(syscall.SIGTERM)
+	_ = old.Signal(syscall.SIGCONT)
+	select {
+	case <-waitExit(old):
+		_, err := old.Exited()
+		return err, false
+	case <-time.After(10 * time.Second):
+	}
+	old.Kill()
+	_, err := old.Exited()
+	return err, true
+}
+
 // TestOverlappingInstances runs a second uproxy next to the first (a
 // DaemonSet surge): it takes the same proxy ports (read back from the rules)
 // with SO_REUSEPORT, then the first gets SIGTERM; eight times in a row
-// (twelve with the handover off), under 4 curl loops and 128 TCP clients
-// (connect, one echo, close) so that connections wait in the accept queue of
-// an instance when it closes (4 curl loops alone almost never leave one
-// there). With tcp_migrate_req the kernel moves them to the next instance:
-// nothing fails, nothing is reset. With migration and the graceful close off
-// they are reset.
+// (four with the handover off), under 4 curl loops and 128 TCP clients
+// (connect, one echo, close). Every other surge (every surge with the
+// handover off) stops the old instance while its accept queue holds a burst
+// of connections (stopLagging): a steady load alone leaves one there in only
+// some surges. With tcp_migrate_req the kernel moves them to the next
+// instance: nothing fails, nothing is reset. With migration and the graceful
+// close off they are reset.
 func TestOverlappingInstances(t *testing.T) {
 	cases := map[string]overlapCase{
-		"queue migrates":                   {rounds: overlapRounds},
-		"migration and graceful close off": {disable: "migrate-req,graceful-close", migrateReq: "0", wantResets: true, rounds: 3 * overlapRounds / 2},
+		"queue migrates":                   {rounds: overlapRounds, lagEvery: 2},
+		"migration and graceful close off": {disable: "migrate-req,graceful-close", migrateReq: "0", wantResets: true, rounds: overlapRounds / 2, lagEvery: 1},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) { testOverlap(t, c) })
@@ -80,12 +117,18 @@ func testOverlap(t *testing.T, c overlapCase) {
 	var killed bool
 	var exits []string
 	old := u1
-	for range c.rounds {
+	for round := range c.rounds {
 		next, _ := startUproxyProc(t, w, false, env)
 		waitBothListen(t, w, port, old, next)
 		w.sleep(500 * time.Millisecond) // both serve
 		termAt := time.Now()
-		err, k := old.Stop(10 * time.Second)
+		var err error
+		var k bool
+		if c.lagging(round) {
+			err, k = stopLagging(w, old, load, e.tcpAddr())
+		} else {
+			err, k = old.Stop(10 * time.Second)
+		}
 		exits = append(exits, time.Since(termAt).Round(time.Millisecond).String())
 		if err != nil || k {
 			exitErr, killed = err, k
@@ -173,7 +216,6 @@ func (r *tcpLoadResult) firstErrors() string {
 
 func startTCPLoad(w *world, addr string, n int) *tcpLoad {
 	l := &tcpLoad{stopc: make(chan struct{})}
-	ok, failed, resets := &l.ok, &l.failed, &l.resets
 	for range n {
 		l.wg.Add(1)
 		go func() {
@@ -184,29 +226,47 @@ func startTCPLoad(w *world, addr string, n int) *tcpLoad {
 					return
 				default:
 				}
-				at := time.Now()
-				c, err := w.dialTCP(addr, 10*time.Second)
-				if err == nil {
-					err = ping(c, 10*time.Second)
-					_ = c.Close()
-				}
-				if err == nil {
-					ok.Add(1)
-					continue
-				}
-				failed.Add(1)
-				if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
-					resets.Add(1)
-				}
-				l.res.mu.Lock()
-				if len(l.res.errs) < 5 {
-					l.res.errs = append(l.res.errs, at.Format("15:04:05.000")+" "+err.Error())
-				}
-				l.res.mu.Unlock()
+				l.exchange(w, addr)
 			}
 		}()
 	}
 	return l
+}
+
+// burst adds n clients that each make one exchange at once: connections
+// that wait in an instance's accept queue when it closes (a steady load at
+// ~1000 connections/s leaves one there in only some surges).
+func (l *tcpLoad) burst(w *world, addr string, n int) {
+	for range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.exchange(w, addr)
+		}()
+	}
+}
+
+// exchange connects, echoes one line, closes, and counts the outcome.
+func (l *tcpLoad) exchange(w *world, addr string) {
+	at := time.Now()
+	c, err := w.dialTCP(addr, 10*time.Second)
+	if err == nil {
+		err = ping(c, 10*time.Second)
+		_ = c.Close()
+	}
+	if err == nil {
+		l.ok.Add(1)
+		return
+	}
+	l.failed.Add(1)
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
+		l.resets.Add(1)
+	}
+	l.res.mu.Lock()
+	if len(l.res.errs) < 5 {
+		l.res.errs = append(l.res.errs, at.Format("15:04:05.000")+" "+err.Error())
+	}
+	l.res.mu.Unlock()
 }
 
 // stop ends the load (connections in flight finish) and returns its counts.

@@ -114,6 +114,7 @@ func testRestart(t *testing.T, c restartCase) {
 	summary("restart", "%s: stop→exit %v, exit→new instance healthy %v; loop %v; failed=%d (refused/reset %d; requests in flight from the signal to the exit %d) slow(>%v)=%d max=%v; proxy port %d → %d",
 		t.Name(), exitedAt.Sub(stopAt).Round(time.Millisecond), readyAt.Sub(exitedAt).Round(time.Millisecond), s, s.Failures, resets,
 		inFlight, restartSlow, slow, s.Max.Round(time.Millisecond), before.ProxyPort, after.ProxyPort)
+	t.Logf("requests slower than %v:\n%s", restartSlow, slowSince(s, stopAt, restartSlow))
 	if !c.kill && exitErr != nil {
 		t.Errorf("first uproxy on SIGTERM: %v", exitErr)
 	}
@@ -142,7 +143,7 @@ func testRestart(t *testing.T, c restartCase) {
 		t.Errorf("the old instance did not log that it drained its connections and cut none:\n%s", u1.Tail(20))
 	}
 	if slow > restartMaxSlow {
-		t.Errorf("%d requests slower than %v, want at most %d", slow, restartSlow, restartMaxSlow)
+		t.Errorf("%d requests slower than %v, want at most %d:\n%s", slow, restartSlow, restartMaxSlow, slowSince(s, stopAt, restartSlow))
 	}
 	if before.ProxyPort != after.ProxyPort {
 		t.Errorf("proxy port changed across the restart: %d → %d", before.ProxyPort, after.ProxyPort)
@@ -212,4 +213,16 @@ func listeners(w *world, port uint16) string {
 	defer cancel()
 	out, _ := w.b.Node.Output(ctx, "ss", "-Htlnp", fmt.Sprintf("sport = :%d", port))
 	return strings.TrimSpace(out)
+}
+
+// slowSince lists the requests slower than d, with their start relative to
+// the stop signal, for reading a failure.
+func slowSince(s bed.Summary, stopAt time.Time, d time.Duration) string {
+	var b strings.Builder
+	for _, x := range s.Samples {
+		if x.Dur > d {
+			fmt.Fprintf(&b, "  start %+.3fs after the stop signal, took %v, ok=%v %s\n", x.Start.Sub(stopAt).Seconds(), x.Dur.Round(time.Millisecond), x.OK, x.Detail)
+		}
+	}
+	return b.String()
 }
