@@ -206,8 +206,10 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 	// answer) are not replayed: the pod may have read them (issue 15 item
 	// 7). Those in flight at a SIGKILL fault never count; otherwise up to
 	// cutPerEP per bad endpoint (one that resets right after accepting is
-	// ejected only when its reset comes during the connect) and one for a
-	// pod that resets its accept queue at SIGTERM. Every other failure
+	// ejected only when its reset comes during the connect) and one per pod
+	// that stops at SIGTERM (at least one): it resets its accept queue, and
+	// a Go server closes a request it read after its Shutdown began
+	// unanswered (seen twice in one graceful scale-in). Every other failure
 	// counts.
 	cut, delivered := 0, 0
 	for _, x := range sum.Samples {
@@ -218,7 +220,7 @@ func runScenario(t *testing.T, b *bed.Bed, client *bed.Client, ctlURL, variant s
 			delivered++
 		}
 	}
-	if allowed := 1 + cutPerEP*sc.bad; sum.Failures > cut+min(delivered, allowed) {
+	if allowed := max(1, sc.stopping) + cutPerEP*sc.bad; sum.Failures > cut+min(delivered, allowed) {
 		r.missed = append(r.missed, fmt.Sprintf("%d of %d requests failed (%d cut in flight by the fault, %d cut after delivery of %d allowed):\n%s",
 			sum.Failures, sum.Requests, cut, delivered, allowed, sum.FailureDetail()))
 	} else if cut+delivered > 0 {

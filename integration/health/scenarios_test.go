@@ -19,6 +19,10 @@ type scenario struct {
 	// bad is the number of endpoints that fail while the API still lists
 	// them Ready; > 0 turns on the slow-request and throughput goals.
 	bad int
+	// stopping is the number of pods that get SIGTERM while uproxy may
+	// still send them requests (scale-in, rollout): each may cut one it was
+	// handed (see runScenario).
+	stopping int
 	// showsEjection: without ejection (dial retries only) the scenario
 	// misses a goal; TestHealthMatrixLegacy asserts it. Not abrupt: a
 	// refused dial is retried at once, legacy handles a crash too.
@@ -52,7 +56,7 @@ const (
 
 func scenarios() []scenario {
 	return []scenario{
-		{name: "1-graceful", replicas: 3, event: func(s *stage) result {
+		{name: "1-graceful", replicas: 3, stopping: 2, event: func(s *stage) result {
 			at := time.Now()
 			s.scale(1)
 			return result{at: at, ejections: -1, note: fmt.Sprintf("scale-in took %v", time.Since(at).Round(time.Millisecond))}
@@ -69,7 +73,7 @@ func scenarios() []scenario {
 				return faultThenScale(s, blackholeAPIDelay, "blackhole", func(pod string) error { return s.b.Agent.Blackhole(s.ns, pod) })
 			},
 			check: checkVictims},
-		{name: "4-rolling", replicas: 3, event: func(s *stage) result {
+		{name: "4-rolling", replicas: 3, stopping: 3, event: func(s *stage) result {
 			at := time.Now()
 			patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"health/version":"2"}}}}}`)
 			if _, err := s.b.Client.AppsV1().Deployments(s.ns).Patch(s.ctx, app, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
