@@ -39,6 +39,10 @@ type Config struct {
 	// NoGracefulClose closes listeners at once at shutdown, resetting the
 	// connections in their accept queues (to measure the graceful close).
 	NoGracefulClose bool
+	// NoUDPReplyDrain closes UDP listeners at once at shutdown, losing the
+	// replies their sessions still await and, in a surge, the datagrams
+	// queued in them (to measure the drain, udpdrain.go).
+	NoUDPReplyDrain bool
 	// PreferredPorts are proxy ports a previous run used (read back from the
 	// installed rules); they are tried first.
 	PreferredPorts map[svc.PortName]uint16

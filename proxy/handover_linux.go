@@ -80,21 +80,36 @@ func tcpListenerCounts() (map[uint16]int, error) {
 	return out, nil
 }
 
-// listenersOf dumps one family's TCP listeners (inet_diag_req_v2 with
-// idiag_states = 1<<TCP_LISTEN) and counts them per port into out.
+// listenersOf dumps one family's TCP listeners and counts them per port
+// into out.
 func listenersOf(fd int, fam uint8, out map[uint16]int) error {
+	const tcpListen = 10
+	return sockDiag(fd, fam, unix.IPPROTO_TCP, 1<<tcpListen, func(m []byte) {
+		out[binary.BigEndian.Uint16(m[4:6])]++
+	})
+}
+
+// diagMsgLen is the part of struct inet_diag_msg each callback of sockDiag
+// gets at least: family, state, timer, retrans, then inet_diag_sockid
+// (big-endian source port at 4, source address at 8, 16 bytes).
+const diagMsgLen = 24
+
+// sockDiag dumps one family's sockets of proto in the given states (a bit
+// per TCP state number; UDP sockets use TCP_CLOSE for unconnected and
+// TCP_ESTABLISHED for connected ones) with inet_diag_req_v2 and calls each
+// with every inet_diag_msg.
+func sockDiag(fd int, fam, proto uint8, states uint32, each func(msg []byte)) error {
 	const (
-		hdrLen    = 16 // struct nlmsghdr
-		reqLen    = 56 // struct inet_diag_req_v2
-		tcpListen = 10
+		hdrLen = 16 // struct nlmsghdr
+		reqLen = 56 // struct inet_diag_req_v2
 	)
 	req := make([]byte, hdrLen+reqLen)
 	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
 	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
 	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	req[hdrLen] = fam
-	req[hdrLen+1] = unix.IPPROTO_TCP
-	binary.NativeEndian.PutUint32(req[hdrLen+4:], 1<<tcpListen)
+	req[hdrLen+1] = proto
+	binary.NativeEndian.PutUint32(req[hdrLen+4:], states)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return os.NewSyscallError("sendto", err)
 	}
@@ -115,8 +130,8 @@ func listenersOf(fd int, fam uint8, out map[uint16]int) error {
 			case unix.NLMSG_ERROR:
 				return errors.New("sock_diag: error reply")
 			}
-			if len(m.Data) >= 6 { // family, state, timer, retrans, then the big-endian source port
-				out[binary.BigEndian.Uint16(m.Data[4:6])]++
+			if len(m.Data) >= diagMsgLen {
+				each(m.Data)
 			}
 		}
 	}

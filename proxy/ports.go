@@ -188,6 +188,9 @@ func (p *Proxier) bindLocked(ps *portState, proto svc.Protocol, port uint16, fre
 	if err != nil {
 		return nil, err
 	}
+	if one.udp != nil && p.cfg.ReusePort {
+		one.udp.joinGroup(fresh) // a fresh port was proven free: alone
+	}
 	l := &portListener{proto: proto, proxyPort: one.port()}
 	l.add(one)
 	return l, nil
@@ -210,6 +213,9 @@ func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, e
 		if err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if one.udp != nil && p.cfg.ReusePort {
+			one.udp.joinGroup(false)
 		}
 		l.add(one)
 	}

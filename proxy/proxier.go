@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -230,8 +231,9 @@ const (
 const holderCheck = 300 * time.Millisecond
 
 // sharedLocked reports whether another instance listens on any of this
-// proxier's TCP proxy ports (counts: listeners per port). Callers hold p.mu.
-func (p *Proxier) sharedLocked(counts map[uint16]int) bool {
+// proxier's proxy ports (counts: TCP listeners per port; ucounts:
+// unconnected UDP sockets per address). Callers hold p.mu.
+func (p *Proxier) sharedLocked(counts map[uint16]int, ucounts map[netip.AddrPort]int) bool {
 	for _, ps := range p.ports {
 		if ps.lst == nil {
 			continue
@@ -241,12 +243,18 @@ func (p *Proxier) sharedLocked(counts map[uint16]int) bool {
 				return true
 			}
 		}
+		for _, s := range ps.lst.udp {
+			if ucounts[s.local] > 1 {
+				return true
+			}
+		}
 	}
 	return false
 }
 
 // Shutdown stops accepting without resetting a client that already sent its
-// SYN (see handover_linux.go), closes every listener (UDP sessions end), lets
+// SYN (see handover_linux.go), closes every listener (a UDP listener once
+// the replies its sessions await arrived, see udpdrain.go), lets
 // established TCP connections drain until ctx is done, then closes those
 // left and waits for every goroutine of the Proxier. Portal rules are left in
 // place. It logs how many connections drained and how many it cut, and
@@ -256,14 +264,19 @@ func (p *Proxier) sharedLocked(counts map[uint16]int) bool {
 // restarted, e.g. after a failed liveness probe) and no other instance on
 // the proxy ports, it hands off instead: the listeners close here at once,
 // the held copies keep queueing for the next run, and established
-// connections drain for at most HandoffDrain, so that the next run starts
-// soon.
+// connections and UDP replies drain for at most HandoffDrain, so that the
+// next run starts soon.
 func (p *Proxier) Shutdown(ctx context.Context) error {
 	// Read outside p.mu: which ports another instance shares.
 	counts, err := tcpListenerCounts()
 	if err != nil {
 		p.log.Warn().Err(err).Msg("cannot list listeners; assuming no other instance shares the proxy ports")
 		counts = nil
+	}
+	ucounts, err := udpSocketCounts()
+	if err != nil {
+		p.log.Warn().Err(err).Msg("cannot list UDP sockets; closing UDP listeners at once")
+		ucounts = nil
 	}
 	var shared map[uint16]int // only when the kernel migrates queues to the other instance
 	if migrateReqOn() {
@@ -276,20 +289,18 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	p.closing = true
-	if holderStays && !p.sharedLocked(counts) {
-		for _, ps := range p.ports {
-			if ps.lst != nil {
-				p.closeListenerLocked(ps, "shutdown; the fd holder keeps the socket for the next run")
-			}
-		}
+	udp := &udpDrain{deadline: mono() + int64(udpDrainMax)}
+	if holderStays && !p.sharedLocked(counts, ucounts) {
+		udp.deadline = mono() + int64(p.cfg.HandoffDrain)
+		p.handOffLocked(udp)
 		p.mu.Unlock()
 		p.log.Info().Dur("drain", p.cfg.HandoffDrain).
-			Msg("the fd holder keeps the listening sockets for the next run: draining established connections briefly")
+			Msg("the fd holder keeps the listening sockets for the next run: draining established connections and UDP replies briefly")
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.HandoffDrain)
 		defer cancel()
 	} else {
-		settling := p.stopAcceptingLocked(shared)
+		settling := p.stopAcceptingLocked(shared, ucounts, udp)
 		p.mu.Unlock()
 		if len(settling) > 0 {
 			p.settle(ctx, settling)
@@ -306,12 +317,19 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 	open := p.handlers.Load()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for p.handlers.Load() > 0 && ctx.Err() == nil {
+	for ctx.Err() == nil {
+		if len(udp.ports) > 0 && p.udpDrainDone(udp) {
+			p.closeUDPDrain(udp, "shutdown; replies delivered")
+		}
+		if p.handlers.Load() == 0 && len(udp.ports) == 0 {
+			break
+		}
 		select {
 		case <-ctx.Done():
 		case <-tick.C:
 		}
 	}
+	p.closeUDPDrain(udp, "shutdown; the drain ended")
 	left := p.handlers.Load()
 	p.cancel()
 	p.conns.closeAll()
@@ -357,15 +375,27 @@ func (p *Proxier) settle(ctx context.Context, settling []*portState) {
 // stopAcceptingLocked starts closing every listener without resetting a
 // client: a TCP port whose every listener shares its port with another
 // instance (counts: listeners per port, nil unless tcp_migrate_req is on)
-// is closed at once (the kernel moves its queue to the other instance), and
-// so are UDP ports; the other TCP ports get the SYN filter and are
-// returned, to be closed after settle. Callers hold p.mu.
-func (p *Proxier) stopAcceptingLocked(counts map[uint16]int) []*portState {
+// is closed at once (the kernel moves its queue to the other instance); a
+// UDP port joins udp when stopUDPLocked keeps it open for its replies and
+// is closed at once otherwise; the other TCP ports get the SYN filter and
+// are returned, to be closed after settle. Callers hold p.mu.
+func (p *Proxier) stopAcceptingLocked(counts map[uint16]int, ucounts map[netip.AddrPort]int, udp *udpDrain) []*portState {
 	var settling []*portState
+	var steerErr error
 	for _, ps := range p.ports {
 		l := ps.lst
 		if l == nil {
 			continue
+		}
+		if len(l.udp) > 0 {
+			drain, err := p.stopUDPLocked(ps, ucounts)
+			if drain {
+				udp.ports = append(udp.ports, ps)
+				continue
+			}
+			if err != nil && steerErr == nil {
+				steerErr = fmt.Errorf("%s: %w", ps.label, err)
+			}
 		}
 		if len(l.tcp) == 0 || p.cfg.NoGracefulClose {
 			p.closeListenerLocked(ps, "shutdown")
@@ -385,6 +415,9 @@ func (p *Proxier) stopAcceptingLocked(counts map[uint16]int) []*portState {
 			}
 		}
 		settling = append(settling, ps)
+	}
+	if steerErr != nil {
+		p.log.Warn().Err(steerErr).Msg("cannot steer new UDP datagrams to the other instance; closing shared UDP listeners at once (queued datagrams and awaited replies are lost)")
 	}
 	return settling
 }

@@ -25,12 +25,18 @@ var udpBufPool = sync.Pool{New: func() any { b := make([]byte, udpBufSize); retu
 // Ownership: the serve goroutine owns conn's reads and creates sessions; a
 // session's socket is owned by the session, closed exactly once by
 // udpSession.close (called by its reply goroutine on idle or error, by serve
-// when the session moves or on exit).
+// when the session moves or on exit, by close after a shutdown stopped
+// serve: see udpdrain.go).
 type udpServer struct {
-	p    *Proxier
-	ps   *portState
-	conn *net.UDPConn
-	rc   syscall.RawConn // conn's: batched reads and writes
+	p     *Proxier
+	ps    *portState
+	conn  *net.UDPConn
+	rc    syscall.RawConn // conn's: batched reads and writes
+	local netip.AddrPort  // conn's local address, unmapped (udpSocketCounts' key)
+	first bool            // first socket of its reuseport group (joinGroup; set before serve starts)
+
+	stopped atomic.Bool // shutdown stopped reading: serve returns and leaves the sessions to close
+	closed  atomic.Bool
 
 	mu       sync.Mutex // guards sessions
 	sessions map[netip.AddrPort]*udpSession
@@ -45,7 +51,11 @@ type udpSession struct {
 	conn   *net.UDPConn    // connected to be
 	rc     syscall.RawConn // conn's
 	last   atomic.Int64    // mono() of the last datagram either way
-	once   sync.Once
+	// unanswered counts client datagrams forwarded since the endpoint's
+	// last reply (a reply answers as many as it counts): a shutdown waits
+	// for it to reach 0 (udpdrain.go).
+	unanswered atomic.Int64
+	once       sync.Once
 }
 
 func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) (*udpServer, error) {
@@ -56,24 +66,34 @@ func newUDPServer(p *Proxier, ps *portState, c *net.UDPConn) (*udpServer, error)
 	if err := enablePktinfo(rc); err != nil {
 		return nil, fmt.Errorf("IP_PKTINFO on %s: %w", c.LocalAddr(), err)
 	}
-	return &udpServer{p: p, ps: ps, conn: c, rc: rc, sessions: map[netip.AddrPort]*udpSession{}}, nil
+	local := netipUnmap(c.LocalAddr().(*net.UDPAddr).AddrPort())
+	return &udpServer{p: p, ps: ps, conn: c, rc: rc, local: local, sessions: map[netip.AddrPort]*udpSession{}}, nil
 }
 
-// close closes the listen socket; serve then ends every session.
-func (s *udpServer) close() { _ = s.conn.Close() }
+// close closes the listen socket and ends every session (serve ends them
+// too when it sees the socket closed; after stopReading it has returned).
+func (s *udpServer) close() {
+	s.closed.Store(true)
+	_ = s.conn.Close()
+	s.closeSessions()
+}
 
 // serve reads client datagrams, a batch per recvmmsg, until the socket is
 // closed and forwards each to its session's endpoint, a sendmmsg per
 // session and batch.
 func (s *udpServer) serve() {
 	defer s.p.wg.Done()
-	defer s.closeSessions()
+	defer func() {
+		if !s.stopped.Load() || s.closed.Load() {
+			s.closeSessions()
+		}
+	}()
 	b := newUDPBatch(true)
 	var sess [udpBatchSize]*udpSession // datagram i's session
 	for {
 		n, err := b.recv(s.rc)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || s.stopped.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 				return
 			}
 			// Unconnected UDP sockets rarely fail; never spin on it.
@@ -233,7 +253,8 @@ func (sess *udpSession) proxyReplies() {
 			}
 			armed = true
 		}
-		if _, err := b.recv(rc); err != nil {
+		n, err := b.recv(rc)
+		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				armed = false // re-check: client datagrams may have moved last
 				continue
@@ -247,9 +268,23 @@ func (sess *udpSession) proxyReplies() {
 		if sess.be.health.ejected.Load() {
 			s.p.readmit(s.ps, sess.be, "udp reply", false)
 		}
-		err := b.sendAll(s.rc, &sess.name, sess.ctrl) // a refused reply is lost: UDP's contract
+		err = b.sendAll(s.rc, &sess.name, sess.ctrl) // a refused reply is lost: UDP's contract
 		b.release()
+		sess.answered(n) // after the send: a shutdown closes the listen socket once none is awaited
 		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+// forwarded records n client datagrams sent to the endpoint.
+func (sess *udpSession) forwarded(n int) { sess.unanswered.Add(int64(n)) }
+
+// answered records n replies: each answers one forwarded datagram.
+func (sess *udpSession) answered(n int) {
+	for {
+		u := sess.unanswered.Load()
+		if u == 0 || sess.unanswered.CompareAndSwap(u, max(u-int64(n), 0)) {
 			return
 		}
 	}

@@ -197,7 +197,9 @@ func (b *udpBatch) fanOut(sess *[udpBatchSize]*udpSession, failed func(*udpSessi
 		cur.last.Store(mono())
 		if err := b.out.send(cur.rc, b.fan[:k]); err != nil {
 			failed(cur, err)
+			continue
 		}
+		cur.forwarded(k)
 	}
 }
 

@@ -17,8 +17,9 @@ import (
 // separated, so that the bed tests can show what each one is for:
 // port-wait (UPROXY-PORT-WAIT stays empty), graceful-close (listeners close
 // at once at shutdown), migrate-req (tcp_migrate_req is left alone),
-// rule-owner (every instance writes portal rules). Not a flag: nobody should
-// run with them off.
+// rule-owner (every instance writes portal rules), udp-reply-drain (UDP
+// listeners close at once at shutdown, losing the replies still awaited).
+// Not a flag: nobody should run with them off.
 const testDisableEnv = "UPROXY_TEST_DISABLE"
 
 // ownerSocket is the abstract unix socket (in the node's network namespace,
@@ -45,6 +46,7 @@ func handoverDisabled(part string) bool {
 //     newest (iptables.Programmer.TakeOwnership on ownerSocket).
 func setupHandover(opts *options, icfg *iptables.Config, pcfg *proxy.Config, log zerolog.Logger) {
 	pcfg.NoGracefulClose = handoverDisabled("graceful-close")
+	pcfg.NoUDPReplyDrain = handoverDisabled("udp-reply-drain")
 	if !handoverDisabled("rule-owner") {
 		icfg.OwnerSocket = ownerSocket
 	}
