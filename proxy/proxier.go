@@ -275,7 +275,7 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 	}
 	ucounts, err := udpSocketCounts()
 	if err != nil {
-		p.log.Warn().Err(err).Msg("cannot list UDP sockets; closing UDP listeners at once")
+		p.log.Warn().Err(err).Msg("cannot list UDP sockets; unless handing off, UDP listeners close at once")
 		ucounts = nil
 	}
 	var shared map[uint16]int // only when the kernel migrates queues to the other instance

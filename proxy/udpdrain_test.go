@@ -336,3 +336,41 @@ func TestUDPJoinGroup(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPReplyOutlivesPlainShutdown: no fd holder, no other instance (the
+// pod goes away): the listener stops reading but stays open for the reply
+// a session awaits, at most udpDrainMax; with the drain off it closes at
+// once and the reply is lost.
+func TestUDPReplyOutlivesPlainShutdown(t *testing.T) {
+	for name, tc := range map[string]struct {
+		off       bool
+		wantReply bool
+	}{
+		"drain":               {wantReply: true},
+		"udp-reply-drain off": {off: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			n := pn("dns", "dns")
+			be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
+			p, _ := newProxier(t, Config{ReusePort: true, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off})
+			p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(be.addr())})
+			mustSync(t, p, udpPort(n, 53))
+			c := dialUDP(t, addrOf(p, n))
+			if _, err := c.Write([]byte("q1")); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "q1 at the endpoint", func() bool { return be.hits.Load() == 1 })
+			done := shutdownAsync(t, p)
+			got, err := readOne(c, time.Second)
+			switch {
+			case tc.wantReply && (err != nil || got != "slow:q1"):
+				t.Errorf("reply awaited at shutdown: %q, %v; want slow:q1", got, err)
+			case !tc.wantReply && err == nil:
+				t.Errorf("with the drain off the reply still came: %q", got)
+			}
+			if took := <-done; took >= udpDrainMax {
+				t.Errorf("shutdown took %v, want less than udpDrainMax (%v)", took, udpDrainMax)
+			}
+		})
+	}
+}
