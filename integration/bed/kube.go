@@ -28,6 +28,14 @@ func (b *Bed) Namespace(t testing.TB, name string) string {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
+	if err != nil {
+		// Reused (the node tests share "workshop"): start empty, even if a
+		// controller recreated something after the last test's cleanup
+		// (as after a test that stopped the API server).
+		if err := b.emptyNamespace(name); err != nil {
+			t.Fatalf("empty namespace %s: %v", name, err)
+		}
+	}
 	// The ServiceAccount admission plugin rejects pods until "default" exists.
 	if err := poll(ctx, 100*time.Millisecond, func() (bool, error) {
 		_, err := b.Client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
@@ -58,22 +66,42 @@ func (b *Bed) emptyNamespace(ns string) error {
 			return err
 		}
 	}
-	if err := c.AppsV1().Deployments(ns).DeleteCollection(ctx, del, all); err != nil {
-		return err
-	}
-	if err := c.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, del, all); err != nil {
-		return err
-	}
+	// Deleting the Deployments first is not enough: until the garbage
+	// collector and the deployment controller have seen the deletion, a
+	// controller may still create a ReplicaSet or pods (a test once found
+	// a previous test's 3 pods Ready in its namespace). So delete, then
+	// wait until no Deployment, ReplicaSet or pod is left, deleting again
+	// whatever appeared meanwhile.
 	one := int64(1)
-	if err := c.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &one}, all); err != nil {
+	podDel := metav1.DeleteOptions{GracePeriodSeconds: &one}
+	deleteAll := func() error {
+		if err := c.AppsV1().Deployments(ns).DeleteCollection(ctx, del, all); err != nil {
+			return err
+		}
+		if err := c.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, del, all); err != nil {
+			return err
+		}
+		return c.CoreV1().Pods(ns).DeleteCollection(ctx, podDel, all)
+	}
+	if err := deleteAll(); err != nil {
 		return err
 	}
+	last := time.Now()
 	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
-		pods, err := c.CoreV1().Pods(ns).List(ctx, all)
-		if err != nil {
+		deps, err1 := c.AppsV1().Deployments(ns).List(ctx, all)
+		rss, err2 := c.AppsV1().ReplicaSets(ns).List(ctx, all)
+		pods, err3 := c.CoreV1().Pods(ns).List(ctx, all)
+		if err1 != nil || err2 != nil || err3 != nil {
 			return false, nil
 		}
-		return len(pods.Items) == 0, nil
+		if len(deps.Items)+len(rss.Items)+len(pods.Items) == 0 {
+			return true, nil
+		}
+		if time.Since(last) > time.Second {
+			last = time.Now()
+			_ = deleteAll() // retried by the next round
+		}
+		return false, nil
 	})
 }
 
