@@ -33,7 +33,7 @@ type udpServer struct {
 	conn  *net.UDPConn
 	rc    syscall.RawConn // conn's: batched reads and writes
 	local netip.AddrPort  // conn's local address, unmapped (udpSocketCounts' key)
-	first bool            // first socket of its reuseport group (joinGroup; set before serve starts)
+	first atomic.Bool     // at index 0 of its reuseport group: first at bind (joinGroup) or alone since (refreshUDPGroups)
 
 	stopped atomic.Bool // shutdown stopped reading: serve returns and leaves the sessions to close
 	closed  atomic.Bool

@@ -300,7 +300,8 @@ func TestUDPJoinGroup(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { _ = old.Close() })
-				s := &udpServer{first: true}
+				s := &udpServer{}
+				s.first.Store(true)
 				if s.rc, err = old.SyscallConn(); err != nil {
 					t.Fatal(err)
 				}
@@ -314,8 +315,8 @@ func TestUDPJoinGroup(t *testing.T) {
 			p.mu.Lock()
 			srv := p.ports[n].lst.udp[0]
 			p.mu.Unlock()
-			if srv.first != tc.wantFirst {
-				t.Errorf("first = %v, want %v", srv.first, tc.wantFirst)
+			if srv.first.Load() != tc.wantFirst {
+				t.Errorf("first = %v, want %v", srv.first.Load(), tc.wantFirst)
 			}
 			if tc.shared {
 				if srv.local != netipUnmap(old.LocalAddr().(*net.UDPAddr).AddrPort()) {

@@ -31,7 +31,10 @@ import (
 //
 // So a socket that was alone on its address when it bound is at index 0
 // for its whole life (a leaving socket is only replaced by one after it),
-// and in a group of exactly two the other one is at index 1. That is the
+// and in a group of exactly two the other one is at index 1. So is a
+// socket that joined others and later found itself alone (the older
+// instance left after a surge): refreshUDPGroups marks it, so that the
+// instance a rollout brought can steer at the next rollout. That is the
 // only case steered: a socket that joined others (the newer of two) cannot
 // tell its index, and in a group of three or more "the other" is not one
 // socket; those close at once as before (their queued datagrams and
@@ -79,7 +82,7 @@ func udpSocketCounts() (map[netip.AddrPort]int, error) {
 // counts as not first: it is never steered from.
 func (s *udpServer) joinGroup(alone bool) {
 	if alone {
-		s.first = true
+		s.first.Store(true)
 		return
 	}
 	counts, err := udpSocketCounts()
@@ -88,7 +91,7 @@ func (s *udpServer) joinGroup(alone bool) {
 		return
 	}
 	if counts[s.local] <= 1 {
-		s.first = true
+		s.first.Store(true)
 		return
 	}
 	var derr error
@@ -102,8 +105,8 @@ func (s *udpServer) joinGroup(alone bool) {
 // steerAway attaches steerToSecond to s's reuseport group: new datagrams go
 // to the other socket. Only for a first socket in a group of two.
 func (s *udpServer) steerAway() error {
-	if !s.first {
-		return errors.New("this socket joined the reuseport group after another: its index is unknown")
+	if !s.first.Load() {
+		return errors.New("this socket joined the reuseport group after another, which is still there: its index is unknown")
 	}
 	prog := unix.SockFprog{Len: uint16(len(steerToSecond)), Filter: &steerToSecond[0]}
 	var serr error
@@ -124,4 +127,37 @@ func (s *udpServer) queued() bool {
 		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	})
 	return n > 0
+}
+
+// refreshUDPGroups marks as first every UDP listener that is now alone in
+// its reuseport group: one that joined an older instance's group at a
+// surge is at index 0 once that instance left, and must be able to steer
+// at the next surge (two rollouts in a row). One sock_diag dump, only
+// while some listener is not first; the janitor calls it every second.
+func (p *Proxier) refreshUDPGroups() {
+	var pending []*udpServer
+	p.mu.Lock()
+	for _, ps := range p.ports {
+		if ps.lst == nil {
+			continue
+		}
+		for _, s := range ps.lst.udp {
+			if !s.first.Load() {
+				pending = append(pending, s)
+			}
+		}
+	}
+	p.mu.Unlock()
+	if len(pending) == 0 {
+		return
+	}
+	counts, err := udpSocketCounts()
+	if err != nil {
+		return // counted as not first: never steered from (see joinGroup)
+	}
+	for _, s := range pending {
+		if counts[s.local] == 1 {
+			s.first.Store(true)
+		}
+	}
 }

@@ -23,8 +23,10 @@ const udpDrainDelay = 300 * time.Millisecond
 // (a new session, as a resolver's queries are), to a UDP service whose
 // backend answers after 300 ms, while uproxy stops: (i) SIGTERM with the fd
 // holder staying (a handoff) and the next instance started after the first
-// exited; (ii) a surge: a second instance shares the proxy port, then the
-// first gets SIGTERM. Every query is answered: the stopping instance keeps
+// exited; (ii) two surges in a row: a second instance shares the proxy
+// port, then the first gets SIGTERM; 2 s later a third joins and the second
+// (which joined the group after the first) gets SIGTERM. Every query is
+// answered: the stopping instance keeps
 // its listen socket for the replies it awaits (and in the surge steers new
 // datagrams to the other instance). With UPROXY_TEST_DISABLE=udp-reply-drain
 // the queries in flight at the signal lose their replies.
@@ -66,15 +68,31 @@ func testUDPRepliesAcrossShutdown(t *testing.T, ns string, surge, off bool) {
 	probes := w.startSlowProbes(addr)
 	w.sleep(2 * time.Second)
 	var termAt, exitAt time.Time
+	stopped := []*bed.Proc{u1}
+	var exits []string
 	if surge {
-		u2, _ := startUproxyProc(t, w, false, env)
-		waitUDPShared(t, w, port, u1, u2)
-		w.sleep(500 * time.Millisecond) // both serve
-		termAt = time.Now()
-		if err, killed := u1.Stop(10 * time.Second); err != nil || killed {
-			t.Errorf("first uproxy on SIGTERM: err=%v killed=%v", err, killed)
+		// Two surges in a row, as two rollouts: the instance that joined
+		// the group in the first is the one that stops in the second.
+		old := u1
+		for round := range 2 {
+			next, _ := startUproxyProc(t, w, false, env)
+			waitUDPShared(t, w, port, old, next)
+			w.sleep(500 * time.Millisecond) // both serve
+			at := time.Now()
+			if round == 0 {
+				termAt = at
+			}
+			if err, killed := old.Stop(10 * time.Second); err != nil || killed {
+				t.Errorf("uproxy of surge %d on SIGTERM: err=%v killed=%v", round+1, err, killed)
+			}
+			exitAt = time.Now()
+			exits = append(exits, fmt.Sprintf("TERM at %+.3fs, exit after %v", at.Sub(termAt).Seconds(), exitAt.Sub(at).Round(time.Millisecond)))
+			if round == 0 {
+				stopped = append(stopped, next)
+				w.sleep(2 * time.Second) // the next instance alone, as between rollouts
+			}
+			old = next
 		}
-		exitAt = time.Now()
 	} else {
 		termAt = time.Now()
 		if err, killed := u1.Stop(10 * time.Second); err != nil || killed {
@@ -95,10 +113,16 @@ func testUDPRepliesAcrossShutdown(t *testing.T, ns string, surge, off bool) {
 		}
 		lost = append(lost, fmt.Sprintf("%+.3fs", p.sent.Sub(termAt).Seconds()))
 	}
-	tail := u1.Tail(400)
+	var tail string
+	for _, u := range stopped {
+		tail += u.Tail(400) + "\n"
+	}
 	steerFailed := countLines(tail, "cannot steer new UDP datagrams")
-	summary("udp-reply-drain", "%s: backend delay %v, TERM→exit %v; %d queries, %d lost (sent at %v relative to SIGTERM), slowest answer %v; steering failures logged %d",
-		t.Name(), udpDrainDelay, exitAt.Sub(termAt).Round(time.Millisecond), len(all), len(lost), lost, slowest.Round(time.Millisecond), steerFailed)
+	if len(exits) == 0 {
+		exits = []string{fmt.Sprintf("TERM→exit %v", exitAt.Sub(termAt).Round(time.Millisecond))}
+	}
+	summary("udp-reply-drain", "%s: backend delay %v, %s; %d queries, %d lost (sent at %v relative to the first SIGTERM), slowest answer %v; steering failures logged %d",
+		t.Name(), udpDrainDelay, strings.Join(exits, "; "), len(all), len(lost), lost, slowest.Round(time.Millisecond), steerFailed)
 	if steerFailed > 0 {
 		t.Errorf("the stopping instance could not steer:\n%s", tail)
 	}
