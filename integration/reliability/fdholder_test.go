@@ -2,8 +2,6 @@ package reliability
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,23 +37,7 @@ func testRestartWithFDHolder(t *testing.T, holder bool) {
 	e := w.deployEcho("echo", 3)
 	var args []string
 	if holder {
-		dir, err := os.MkdirTemp("", "uph") // short: a unix socket path has 107 bytes
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(dir) })
-		sock := filepath.Join(dir, "fds.sock")
-		bin, _ := bed.UproxyBinary()
-		h, err := bed.StartProc(w.b.Node, "fd-holder", filepath.Join(w.b.Dir, "fd-holder.log"), nil, bin, "fd-holder", "--socket", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if _, killed := h.Stop(5 * time.Second); killed {
-				t.Errorf("the fd holder did not stop on SIGTERM")
-			}
-		})
-		args = []string{"--fd-holder-socket", sock}
+		args = w.startFDHolder(t)
 	}
 	u1 := startRestartUproxy(t, w, nil, args...)
 	w.waitServed(e)
