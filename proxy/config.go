@@ -43,6 +43,10 @@ type Config struct {
 	// replies their sessions still await and, in a surge, the datagrams
 	// queued in them (to measure the drain, udpdrain.go).
 	NoUDPReplyDrain bool
+	// NoTCPSteer keeps dropping new SYNs at a surge shutdown without
+	// tcp_migrate_req instead of steering them to the other instance (to
+	// measure the steering, tcpsteer_linux.go).
+	NoTCPSteer bool
 	// PreferredPorts are proxy ports a previous run used (read back from the
 	// installed rules); they are tried first.
 	PreferredPorts map[svc.PortName]uint16

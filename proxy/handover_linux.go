@@ -20,6 +20,10 @@ import (
 //     with SO_REUSEPORT) and net.ipv4.tcp_migrate_req is 1: the kernel moves
 //     the accept queue and the half-open requests to it on close. Close at
 //     once (closeNow).
+//   - Exactly one other instance shares the port, the migration is off (a
+//     hostNetwork pod cannot set the sysctl) and ours bound first: steer new
+//     SYNs to the other listener (tcpsteer_linux.go), keep accepting as
+//     below until the accept queue is empty, then close.
 //   - Otherwise (a sequential restart): attach a socket filter that drops
 //     new SYNs (the clients retransmit a second later, when the portal's
 //     SYN finds no listener it is dropped by UPROXY-PORT-WAIT, and the next

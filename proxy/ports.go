@@ -23,6 +23,7 @@ type portListener struct {
 	fromAlloc bool   // proxyPort came from the allocator: release it on close
 	addrs     []string
 	tcp       []*net.TCPListener
+	tcpFirst  map[*net.TCPListener]bool // first of its reuseport group (tcpJoinGroup, markAlone)
 	udp       []*udpServer
 	socks     []keptSocket // every socket, for the SocketKeeper
 }
@@ -188,8 +189,8 @@ func (p *Proxier) bindLocked(ps *portState, proto svc.Protocol, port uint16, fre
 	if err != nil {
 		return nil, err
 	}
-	if one.udp != nil && p.cfg.ReusePort {
-		one.udp.joinGroup(fresh) // a fresh port was proven free: alone
+	if p.cfg.ReusePort {
+		one.joinGroup(ps, fresh) // a fresh port was proven free: alone
 	}
 	l := &portListener{proto: proto, proxyPort: one.port()}
 	l.add(one)
@@ -214,8 +215,8 @@ func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, e
 			errs = append(errs, err)
 			continue
 		}
-		if one.udp != nil && p.cfg.ReusePort {
-			one.udp.joinGroup(false)
+		if p.cfg.ReusePort {
+			one.joinGroup(ps, false)
 		}
 		l.add(one)
 	}
@@ -228,9 +229,21 @@ func (p *Proxier) openDirectLocked(ps *portState, sp svc.Port) (*portListener, e
 
 // oneListener is a single TCP listener or UDP server.
 type oneListener struct {
-	tcp *net.TCPListener
-	udp *udpServer
-	key string // SocketKeeper key: protocol and the listen address asked for
+	tcp   *net.TCPListener
+	udp   *udpServer
+	key   string // SocketKeeper key: protocol and the listen address asked for
+	first bool   // TCP: first of its reuseport group (joinGroup)
+}
+
+// joinGroup records whether o's socket is the first of its reuseport group
+// and removes a steering program left on a group it joined
+// (reuseport_steer_linux.go); alone: its port was proven free.
+func (o *oneListener) joinGroup(ps *portState, alone bool) {
+	if o.udp != nil {
+		o.udp.joinGroup(alone)
+		return
+	}
+	o.first = tcpJoinGroup(ps, o.tcp, alone)
 }
 
 func (o oneListener) port() uint16 {
@@ -292,6 +305,12 @@ func (p *Proxier) openOne(ps *portState, proto svc.Protocol, addr string, reuse 
 func (l *portListener) add(o oneListener) {
 	if o.tcp != nil {
 		l.tcp = append(l.tcp, o.tcp)
+		if o.first {
+			if l.tcpFirst == nil {
+				l.tcpFirst = map[*net.TCPListener]bool{}
+			}
+			l.tcpFirst[o.tcp] = true
+		}
 		l.addrs = append(l.addrs, o.tcp.Addr().String())
 		l.socks = append(l.socks, keptSocket{key: o.key, c: o.tcp})
 	} else {

@@ -107,8 +107,9 @@ func New(cfg Config, portals svc.PortalSyncer, log zerolog.Logger) (*Proxier, er
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.fds = newFDBudget(cfg.FDHeadroom)
 	p.reserve.open()
-	p.wg.Add(1)
+	p.wg.Add(2)
 	go p.janitor()
+	go p.watchGroups()
 	return p, nil
 }
 
@@ -278,10 +279,7 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 		p.log.Warn().Err(err).Msg("cannot list UDP sockets; unless handing off, UDP listeners close at once")
 		ucounts = nil
 	}
-	var shared map[uint16]int // only when the kernel migrates queues to the other instance
-	if migrateReqOn() {
-		shared = counts
-	}
+	migrate := migrateReqOn() // the kernel moves a closed listener's queue to the other instance
 	holderStays := p.cfg.Sockets != nil && p.cfg.Sockets.HolderStays(holderCheck)
 	p.mu.Lock()
 	if p.closing {
@@ -300,7 +298,7 @@ func (p *Proxier) Shutdown(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.HandoffDrain)
 		defer cancel()
 	} else {
-		settling := p.stopAcceptingLocked(shared, ucounts, udp)
+		settling := p.stopAcceptingLocked(counts, migrate, ucounts, udp)
 		p.mu.Unlock()
 		if len(settling) > 0 {
 			p.settle(ctx, settling)
@@ -373,15 +371,16 @@ func (p *Proxier) settle(ctx context.Context, settling []*portState) {
 }
 
 // stopAcceptingLocked starts closing every listener without resetting a
-// client: a TCP port whose every listener shares its port with another
-// instance (counts: listeners per port, nil unless tcp_migrate_req is on)
-// is closed at once (the kernel moves its queue to the other instance); a
-// UDP port joins udp when stopUDPLocked keeps it open for its replies and
-// is closed at once otherwise; the other TCP ports get the SYN filter and
+// client: with migrate (tcp_migrate_req is on), a TCP port whose every
+// listener shares its port with another instance (counts: listeners per
+// port, nil when unknown) is closed at once (the kernel moves its queue to
+// the other instance); a UDP port joins udp when stopUDPLocked keeps it open
+// for its replies and is closed at once otherwise; the other TCP ports are
+// steered to the other instance or get the SYN filter (stopTCPLocked) and
 // are returned, to be closed after settle. Callers hold p.mu.
-func (p *Proxier) stopAcceptingLocked(counts map[uint16]int, ucounts map[netip.AddrPort]int, udp *udpDrain) []*portState {
+func (p *Proxier) stopAcceptingLocked(counts map[uint16]int, migrate bool, ucounts map[netip.AddrPort]int, udp *udpDrain) []*portState {
 	var settling []*portState
-	var steerErr error
+	var steerErr, tcpSteerErr error
 	for _, ps := range p.ports {
 		l := ps.lst
 		if l == nil {
@@ -401,7 +400,7 @@ func (p *Proxier) stopAcceptingLocked(counts map[uint16]int, ucounts map[netip.A
 			p.closeListenerLocked(ps, "shutdown")
 			continue
 		}
-		shared := counts != nil
+		shared := migrate && counts != nil
 		for _, ln := range l.tcp {
 			shared = shared && counts[ln.Addr().(*net.TCPAddr).AddrPort().Port()] > 1
 		}
@@ -409,12 +408,13 @@ func (p *Proxier) stopAcceptingLocked(counts map[uint16]int, ucounts map[netip.A
 			p.closeListenerLocked(ps, "shutdown; the kernel moves its queue to the other instance")
 			continue
 		}
-		for _, ln := range l.tcp {
-			if err := refuseSYNs(ln); err != nil {
-				ps.log.Warn().Err(err).Msg("cannot filter SYNs before closing; queued connections may be reset")
-			}
+		if err := p.stopTCPLocked(ps, l, counts); err != nil && tcpSteerErr == nil {
+			tcpSteerErr = fmt.Errorf("%s: %w", ps.label, err)
 		}
 		settling = append(settling, ps)
+	}
+	if tcpSteerErr != nil {
+		p.log.Warn().Err(tcpSteerErr).Msg("cannot steer new TCP connections to the other instance; dropping their SYNs instead (clients retransmit after 1 s)")
 	}
 	if steerErr != nil {
 		p.log.Warn().Err(steerErr).Msg("cannot steer new UDP datagrams to the other instance; closing shared UDP listeners at once (queued datagrams and awaited replies are lost)")

@@ -9,43 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// How a UDP listener hands new datagrams to a surging instance at shutdown.
-//
-// Both instances bind the proxy port with SO_REUSEPORT, so their sockets
-// form one reuseport group and the kernel spreads client datagrams over
-// them by a hash of the addresses. Closing the old socket drops what is
-// queued in it and the replies its sessions still wait for. Instead the
-// old instance attaches a steering program to the group
-// (SO_ATTACH_REUSEPORT_CBPF) that sends every new datagram to the other
-// socket, keeps reading its own until the queue is empty and its sessions
-// got their replies (at most udpDrainMax), and then closes.
-//
-// The program returns a socket index, so the old instance must know the
-// other one's. The kernel (net/core/sock_reuseport.c) keeps the group's
-// sockets in an array: a socket that binds appends itself
-// (__reuseport_add_sock: socks[num_socks++] = sk); a socket that leaves is
-// replaced by the last one (__reuseport_detach_sock: socks[i] =
-// socks[num_socks-1]); run_bpf_filter returns NULL for an index >=
-// num_socks and reuseport_select_sock then falls back to the hash. The
-// program belongs to the group, not to the socket that attached it.
-//
-// So a socket that was alone on its address when it bound is at index 0
-// for its whole life (a leaving socket is only replaced by one after it),
-// and in a group of exactly two the other one is at index 1. So is a
-// socket that joined others and later found itself alone (the older
-// instance left after a surge): refreshUDPGroups marks it, so that the
-// instance a rollout brought can steer at the next rollout. That is the
-// only case steered: a socket that joined others (the newer of two) cannot
-// tell its index, and in a group of three or more "the other" is not one
-// socket; those close at once as before (their queued datagrams and
-// pending replies are lost). Once the old socket leaves, the new one is
-// alone at index 0 and the program's 1 is out of range: the hash (a single
-// socket) applies. A later instance that joins the group removes the left
-// over program (joinGroup), or the group would send it everything from its
-// bind on.
-
-// steerToSecond is a reuseport cBPF program that picks socket index 1.
-var steerToSecond = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
+// How a UDP listener hands new datagrams to a surging instance at shutdown:
+// it steers them to the other socket of its reuseport group
+// (reuseport_steer_linux.go), keeps reading its own until the queue is
+// empty and its sessions got their replies (at most udpDrainMax), and then
+// closes. Closing at once would drop what is queued in it and the replies
+// its sessions still wait for. A socket that joined others and later found
+// itself alone (the older instance left after a surge) is at index 0 too:
+// refreshUDPGroups marks it, so that the instance a rollout brought can
+// steer at the next rollout. A socket that cannot be steered from closes at
+// once as before.
 
 // udpSocketCounts counts the unconnected UDP sockets per local address and
 // port in this network namespace (a session's connected socket is left
@@ -94,10 +67,7 @@ func (s *udpServer) joinGroup(alone bool) {
 		s.first.Store(true)
 		return
 	}
-	var derr error
-	if err := s.rc.Control(func(fd uintptr) {
-		derr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
-	}); err == nil && derr == nil {
+	if detachSteering(s.rc) {
 		s.ps.log.Info().Msg("removed the steering program a previous instance left on the UDP port")
 	}
 }
@@ -108,14 +78,7 @@ func (s *udpServer) steerAway() error {
 	if !s.first.Load() {
 		return errors.New("this socket joined the reuseport group after another, which is still there: its index is unknown")
 	}
-	prog := unix.SockFprog{Len: uint16(len(steerToSecond)), Filter: &steerToSecond[0]}
-	var serr error
-	if err := s.rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &prog)
-	}); err != nil {
-		return err
-	}
-	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", serr)
+	return attachSteering(s.rc)
 }
 
 // queued reports whether datagrams wait in s's receive queue (SIOCINQ: the

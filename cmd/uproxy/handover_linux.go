@@ -18,7 +18,9 @@ import (
 // port-wait (UPROXY-PORT-WAIT stays empty), graceful-close (listeners close
 // at once at shutdown), migrate-req (tcp_migrate_req is left alone),
 // rule-owner (every instance writes portal rules), udp-reply-drain (UDP
-// listeners close at once at shutdown, losing the replies still awaited).
+// listeners close at once at shutdown, losing the replies still awaited),
+// tcp-steer (at a surge shutdown without tcp_migrate_req, new SYNs are
+// dropped rather than steered to the other instance).
 // Not a flag: nobody should run with them off.
 const testDisableEnv = "UPROXY_TEST_DISABLE"
 
@@ -47,6 +49,7 @@ func handoverDisabled(part string) bool {
 func setupHandover(opts *options, icfg *iptables.Config, pcfg *proxy.Config, log zerolog.Logger) {
 	pcfg.NoGracefulClose = handoverDisabled("graceful-close")
 	pcfg.NoUDPReplyDrain = handoverDisabled("udp-reply-drain")
+	pcfg.NoTCPSteer = handoverDisabled("tcp-steer")
 	if !handoverDisabled("rule-owner") {
 		icfg.OwnerSocket = ownerSocket
 	}
