@@ -18,7 +18,9 @@ import (
 // it is alone, so at index 0 for the rest of its life. A next instance that
 // joins within groupWatchEvery of the previous one leaving is missed: the
 // listener then stays not first and falls back to the SYN filter, never to
-// a wrong index. (UDP listeners: refreshUDPGroups, every second.)
+// a wrong index. TCP listeners: markAlone; UDP listeners: refreshUDPGroups
+// (udpsteer_linux.go); each asks sock_diag only while one of its own kind
+// is not first.
 
 // groupWatchEvery is how often watchGroups looks. A rollout's next instance
 // starts long after the previous one exits; the bed's surges, within 0.3-1 s.
@@ -36,6 +38,7 @@ func (p *Proxier) watchGroups() {
 			return
 		case <-t.C:
 			p.markAlone()
+			p.refreshUDPGroups()
 		}
 	}
 }

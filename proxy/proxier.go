@@ -476,8 +476,6 @@ func (p *Proxier) janitor() {
 	interval := min(max(min(p.cfg.TCPIdleTimeout, p.cfg.HalfCloseTimeout)/4, 10*time.Millisecond), 5*time.Second)
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	groups := time.NewTicker(time.Second)
-	defer groups.Stop()
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -486,8 +484,6 @@ func (p *Proxier) janitor() {
 			p.sweepIdle()
 			p.sweepAffinity()
 			p.reserve.open() // retake a spare fd lost to a racing socket()
-		case <-groups.C:
-			p.refreshUDPGroups()
 		}
 	}
 }

@@ -96,10 +96,15 @@ func (s *udpServer) queued() bool {
 // its reuseport group: one that joined an older instance's group at a
 // surge is at index 0 once that instance left, and must be able to steer
 // at the next surge (two rollouts in a row). One sock_diag dump, only
-// while some listener is not first; the janitor calls it every second.
+// while some UDP listener is not first; watchGroups calls it every
+// groupWatchEvery.
 func (p *Proxier) refreshUDPGroups() {
 	var pending []*udpServer
 	p.mu.Lock()
+	if p.closing || !p.cfg.ReusePort {
+		p.mu.Unlock()
+		return
+	}
 	for _, ps := range p.ports {
 		if ps.lst == nil {
 			continue
