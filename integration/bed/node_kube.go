@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -127,6 +128,15 @@ func (b *Bed) NewPodClient(ctx context.Context, ns, pod string) (*PodClient, err
 		return nil, err
 	}
 	return &PodClient{b: b, NS: ns, Pod: pod, pid: pid, IP: p.Status.PodIP}, nil
+}
+
+// ProcNet returns the pod's /proc/net/<name> (netstat, snmp, ...), read
+// through its first container's process from outside: inside the pod, /proc
+// belongs to the pod's PID namespace, where a process nsenter started has
+// no entry.
+func (c *PodClient) ProcNet(name string) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", c.pid, name))
+	return string(b), err
 }
 
 // Run runs argv inside the pod.

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -148,20 +149,28 @@ func TestUproxyRolloutAndKill(t *testing.T) {
 		old := w.uproxyPod()
 		start := time.Now()
 		var took time.Duration
+		retrans := synRetrans(t, c)
 		s := w.loopFor(c, seedURL, func() {
 			say("kubectl -n kube-system set image ds/uproxy uproxy=%s fd-holder=%s", step.image, step.image)
 			w.kubectl("-n", uproxyNS, "set", "image", "ds/uproxy", "uproxy="+step.image, "fd-holder="+step.image)
 			w.waitRollout(uproxyNS, "ds/uproxy", 3*time.Minute)
 			took = time.Since(start)
 		})
+		retrans = synRetrans(t, c) - retrans
 		cur := w.uproxyPod()
-		summary("uproxy-rollout", "%v (rollout to %s %v, pod %s -> %s)", s, step.image, took.Round(time.Millisecond), old, cur)
+		summary("uproxy-rollout", "%v (rollout to %s %v, pod %s -> %s, client SYNs retransmitted %d)", s, step.image, took.Round(time.Millisecond), old, cur, retrans)
 		// No request may fail, DNS lookups included: the old pod's UDP
 		// sockets steer new queries to the new pod's and close only once the
 		// replies they await were relayed (before that drain, about 1
 		// rollout in 4 lost one or two lookups to the resolver's 5 s timeout).
 		if s.Failures != 0 {
 			t.Errorf("rollout to %s: %d of %d requests failed:\n%s", step.image, s.Failures, s.Requests, s.FailureDetail())
+		}
+		// Nor wait for a SYN retransmission: the old pod cannot set
+		// tcp_migrate_req, so it steers new SYNs to the new pod's listeners
+		// (before that, each loop had a request of about 1.03 s per rollout).
+		if retrans != 0 {
+			t.Errorf("rollout to %s: the client retransmitted %d SYNs (a listener dropped them); slowest request %v", step.image, retrans, s.Max)
 		}
 		if cur == old {
 			t.Errorf("the uproxy pod was not replaced (%s)", cur)
@@ -429,4 +438,36 @@ func TestWorkloadShutdownModes(t *testing.T) {
 	if s.Requests == 0 || inFlight.Requests == 0 {
 		t.Errorf("the loop did not run across the kill: %v", s)
 	}
+}
+
+// synRetrans reads the TCP SYN retransmissions of c's pod network namespace
+// (TcpExt TCPSynRetrans in /proc/net/netstat).
+func synRetrans(t *testing.T, c *bed.PodClient) int64 {
+	t.Helper()
+	out, err := c.ProcNet("netstat")
+	if err != nil {
+		t.Fatalf("%s's /proc/net/netstat: %v", c.Pod, err)
+	}
+	var head []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "TcpExt:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, name := range head {
+			if name == "TCPSynRetrans" && i < len(f) {
+				v, err := strconv.ParseInt(f[i], 10, 64)
+				if err != nil {
+					t.Fatalf("TCPSynRetrans %q: %v", f[i], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no TcpExt TCPSynRetrans in %s's /proc/net/netstat:\n%s", c.Pod, out)
+	return 0
 }
