@@ -48,14 +48,7 @@ func refuseSYNs(ln *net.TCPListener) error {
 	if err != nil {
 		return err
 	}
-	prog := unix.SockFprog{Len: uint16(len(synDropFilter)), Filter: &synDropFilter[0]}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog)
-	}); err != nil {
-		return err
-	}
-	return os.NewSyscallError("setsockopt SO_ATTACH_FILTER", serr)
+	return attachCBPF(rc, unix.SO_ATTACH_FILTER, "SO_ATTACH_FILTER", synDropFilter)
 }
 
 // migrateReqOn reports whether net.ipv4.tcp_migrate_req is 1 in this

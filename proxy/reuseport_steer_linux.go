@@ -53,14 +53,20 @@ var steerToSecond = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
 // attachSteering attaches steerToSecond to the reuseport group of the
 // socket behind rc: new clients go to the group's second socket.
 func attachSteering(rc syscall.RawConn) error {
-	prog := unix.SockFprog{Len: uint16(len(steerToSecond)), Filter: &steerToSecond[0]}
+	return attachCBPF(rc, unix.SO_ATTACH_REUSEPORT_CBPF, "SO_ATTACH_REUSEPORT_CBPF", steerToSecond)
+}
+
+// attachCBPF sets the classic BPF program prog with SOL_SOCKET option opt
+// (named name in the error) on the socket behind rc.
+func attachCBPF(rc syscall.RawConn, opt int, name string, prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &prog)
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, opt, &fprog)
 	}); err != nil {
 		return err
 	}
-	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", serr)
+	return os.NewSyscallError("setsockopt "+name, serr)
 }
 
 // detachSteering removes a program from the reuseport group of the socket

@@ -92,6 +92,23 @@ func readOne(c *net.UDPConn, d time.Duration) (string, error) {
 	return string(buf[:n]), err
 }
 
+// awaitingReply starts a Proxier with cfg serving UDP service n from a
+// backend that answers after 300 ms, sends query q1 through it from a new
+// client socket and waits until the backend has it: a reply is awaited.
+func awaitingReply(t *testing.T, n svc.PortName, cfg Config) (*Proxier, *fakePortals, *slowUDPBackend, *net.UDPConn) {
+	t.Helper()
+	be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
+	p, fp := newProxier(t, cfg)
+	p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(be.addr())})
+	mustSync(t, p, udpPort(n, 53))
+	c := dialUDP(t, addrOf(p, n))
+	if _, err := c.Write([]byte("q1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "q1 at the endpoint", func() bool { return be.hits.Load() == 1 })
+	return p, fp, be, c
+}
+
 // TestUDPReplyOutlivesHandoff: a query uproxy forwarded to a slow endpoint
 // (300ms) just before a handoff shutdown (the fd holder keeps the socket)
 // still gets its reply: the listen socket stays open, unread, until no
@@ -108,18 +125,10 @@ func TestUDPReplyOutlivesHandoff(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := pn("dns", "dns")
-			be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
 			k := newFakeKeeper()
 			defer k.close()
 			cfg := Config{ReusePort: true, Sockets: k, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off}
-			p1, fp1 := newProxier(t, cfg)
-			p1.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(be.addr())})
-			mustSync(t, p1, udpPort(n, 53))
-			c := dialUDP(t, addrOf(p1, n))
-			if _, err := c.Write([]byte("q1")); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, "q1 at the endpoint", func() bool { return be.hits.Load() == 1 })
+			p1, fp1, be, c := awaitingReply(t, n, cfg)
 
 			done := shutdownAsync(t, p1)
 			eventually(t, "shutdown started", func() bool { return shuttingDown(p1) })
@@ -172,16 +181,8 @@ func TestUDPShutdownSteersToTheOtherInstance(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := pn("dns", "dns")
-			be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
-			p1, _ := newProxier(t, Config{ReusePort: true, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off})
-			p1.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(be.addr())})
-			mustSync(t, p1, udpPort(n, 53))
+			p1, _, be, c := awaitingReply(t, n, Config{ReusePort: true, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off})
 			addr := addrOf(p1, n)
-			c := dialUDP(t, addr)
-			if _, err := c.Write([]byte("q1")); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, "q1 at the endpoint", func() bool { return be.hits.Load() == 1 })
 
 			other, err := listenUDP(t.Context(), true, addr) // the surging instance's socket
 			if err != nil {
@@ -352,15 +353,7 @@ func TestUDPReplyOutlivesPlainShutdown(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := pn("dns", "dns")
-			be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
-			p, _ := newProxier(t, Config{ReusePort: true, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off})
-			p.UpdateEndpoints(map[svc.PortName][]svc.Endpoint{n: ready(be.addr())})
-			mustSync(t, p, udpPort(n, 53))
-			c := dialUDP(t, addrOf(p, n))
-			if _, err := c.Write([]byte("q1")); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, "q1 at the endpoint", func() bool { return be.hits.Load() == 1 })
+			p, _, _, c := awaitingReply(t, n, Config{ReusePort: true, UDPIdleTimeout: time.Minute, NoUDPReplyDrain: tc.off})
 			done := shutdownAsync(t, p)
 			got, err := readOne(c, time.Second)
 			switch {
