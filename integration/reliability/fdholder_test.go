@@ -50,7 +50,9 @@ func testRestartWithFDHolder(t *testing.T, holder bool) {
 	var probes []*udpProbe
 	var wg sync.WaitGroup
 	stopProbes := make(chan struct{})
+	probing := make(chan struct{}) // closed when the sender stopped: no wg.Add after it
 	go func() {
+		defer close(probing)
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -80,6 +82,7 @@ func testRestartWithFDHolder(t *testing.T, holder bool) {
 	readyAt := time.Now()
 	w.sleep(3 * time.Second)
 	close(stopProbes)
+	<-probing
 	wg.Wait()
 	s := loop.Stop()
 
