@@ -73,7 +73,12 @@ type Config struct {
 	// right after connect: the client sees the reset (the endpoint is still
 	// ejected). --early-reset-replay=false.
 	NoEarlyResetReplay bool
-	ProbeTimeout       time.Duration // active TCP probe connect timeout; default 1s
+	// EjectAfterResets: an endpoint that resets this many connections in a
+	// row before its first byte, after the client's bytes had reached it,
+	// is ejected (those requests are not replayed). Default 3; negative:
+	// never (only connect-level failures eject).
+	EjectAfterResets int
+	ProbeTimeout     time.Duration // active TCP probe connect timeout; default 1s
 
 	DialTimeoutFloor    time.Duration // adaptive first-try dial timeout bounds; default 50ms
 	DialTimeoutCeiling  time.Duration // default 250ms
@@ -110,6 +115,7 @@ const (
 	DefaultEjectBase        = time.Second
 	DefaultEjectMax         = 30 * time.Second
 	DefaultEarlyResetWindow = 100 * time.Millisecond
+	DefaultEjectAfterResets = 3
 	DefaultProbeTimeout     = time.Second
 	DefaultHandoffDrain     = 2 * time.Second
 )
@@ -136,6 +142,9 @@ func (c Config) withDefaults() Config {
 	def(&c.EjectBase, DefaultEjectBase)
 	def(&c.EjectMax, DefaultEjectMax)
 	def(&c.EarlyResetWindow, DefaultEarlyResetWindow)
+	if c.EjectAfterResets == 0 {
+		c.EjectAfterResets = DefaultEjectAfterResets
+	}
 	def(&c.ProbeTimeout, DefaultProbeTimeout)
 	def(&c.HandoffDrain, DefaultHandoffDrain)
 	def(&c.DialTimeoutFloor, 50*time.Millisecond)

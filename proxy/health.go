@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"sync"
@@ -16,13 +18,18 @@ import (
 // timeout; see endpointFault) or when it resets or closes a connection
 // within Config.EarlyResetWindow of the connect before sending a byte and
 // before any byte of the client's was sent to it (a connect-level failure;
-// see earlyFailure in splice.go). Ejection lasts EjectBase,
+// see earlyFailure in splice.go), or when it resets Config.EjectAfterResets
+// connections in a row before its first byte after the client's bytes had
+// reached it (see resetBeforeAnswer in splice.go: those requests are not
+// replayed, but an endpoint that accepts and resets everything stops taking
+// new ones after a few). Ejection lasts EjectBase,
 // doubling per repeated ejection up to EjectMax; an endpoint that stayed
 // admitted for 2×EjectMax starts over at EjectBase.
 //
-// Readmission: for TCP only after an active probe (a TCP connect) made when
-// the ejection time is up succeeds; a failed probe ejects again with the next
-// backoff. For UDP there is no generic probe: once the ejection time is up the
+// Readmission: for TCP only after an active probe made when the ejection
+// time is up succeeds: a TCP connect that is neither reset nor closed by the
+// endpoint within EarlyResetWindow (an endpoint that accepts and resets would
+// pass a bare connect); a failed probe ejects again with the next backoff. For UDP there is no generic probe: once the ejection time is up the
 // endpoint takes sessions again on trial and its next reply readmits it,
 // while a failed trial (ICMP refused) ejects it again. An endpoint whose
 // conditions change in UpdateEndpoints is readmitted at once with a fresh
@@ -41,6 +48,10 @@ type backendHealth struct {
 	count       atomic.Int32 // consecutive ejections, the backoff exponent
 	lastReadmit atomic.Int64 // mono() of the last readmission
 	probing     atomic.Bool  // a probe goroutine runs for this endpoint
+	// resetsInRow counts connections reset before the endpoint's first
+	// byte since its last answer; not cleared by an ejection, so after a
+	// readmission one more such reset ejects again.
+	resetsInRow atomic.Int32
 
 	failures  atomic.Uint64 // endpoint faults seen
 	ejections atomic.Uint64
@@ -148,14 +159,12 @@ func (p *Proxier) probeLoop(ps *portState, be *backend) {
 			}
 			continue
 		}
-		d := net.Dialer{Timeout: p.cfg.ProbeTimeout}
-		c, err := d.DialContext(p.ctx, "tcp", be.addr.String())
+		err := p.probe(be)
 		if p.ctx.Err() != nil {
 			h.probing.Store(false)
 			return
 		}
 		if err == nil {
-			_ = c.Close() // a probe carries no data; its close error means nothing
 			h.probeOK.Add(1)
 			p.readmit(ps, be, "probe succeeded", false)
 			continue
@@ -167,6 +176,26 @@ func (p *Proxier) probeLoop(ps *portState, be *backend) {
 		h.mu.Unlock()
 		ps.log.Debug().Str("endpoint", be.addr.String()).Err(err).Dur("for", b).Msg("probe failed, endpoint stays ejected")
 	}
+}
+
+// probe connects to be and watches the connection for EarlyResetWindow: a
+// reset or close by the endpoint in that time fails the probe, as a failed
+// connect does. Bytes the endpoint sends (a banner) or silence pass.
+func (p *Proxier) probe(be *backend) error {
+	d := net.Dialer{Timeout: p.cfg.ProbeTimeout}
+	c, err := d.DialContext(p.ctx, "tcp", be.addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close() // a probe carries no data; its close error means nothing
+	_ = c.SetReadDeadline(time.Now().Add(p.cfg.EarlyResetWindow))
+	var b [1]byte
+	_, err = c.Read(b[:])
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("endpoint ended the probe connection: %w", err)
 }
 
 // connectTimes keeps the last connect durations of a port in a ring and

@@ -18,6 +18,7 @@ var (
 	descConnFail   = prometheus.NewDesc("uproxy_connection_failures_total", "Client connections reset or datagrams dropped because no endpoint (reason no_endpoint) or no try (reason dial_failed) succeeded.", append(labelsPort, "reason"), nil)
 	descRetries    = prometheus.NewDesc("uproxy_dial_retries_total", "Dial tries that failed and were retried on another endpoint.", labelsPort, nil)
 	descEarly      = prometheus.NewDesc("uproxy_early_resets_total", "Connections an endpoint reset right after connect; moved counts those replayed to another endpoint.", append(labelsPort, "outcome"), nil)
+	descResetsCut  = prometheus.NewDesc("uproxy_resets_before_reply_total", "Connections an endpoint reset before its first byte after the client's bytes had reached it: passed to the client, not replayed.", labelsPort, nil)
 	descUDPActive  = prometheus.NewDesc("uproxy_udp_sessions_active", "UDP sessions open, per service port.", labelsPort, nil)
 	descUDPTotal   = prometheus.NewDesc("uproxy_udp_sessions_total", "UDP sessions created, per service port.", labelsPort, nil)
 	descUDPCap     = prometheus.NewDesc("uproxy_udp_session_cap_drops_total", "Datagrams dropped because the port's UDP session cap was reached.", labelsPort, nil)
@@ -41,7 +42,7 @@ func (p *Proxier) Collector() prometheus.Collector { return collector{p} }
 type collector struct{ p *Proxier }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descActive, descTotal, descBytes, descConnFail, descRetries, descEarly,
+	for _, d := range []*prometheus.Desc{descActive, descTotal, descBytes, descConnFail, descRetries, descEarly, descResetsCut,
 		descUDPActive, descUDPTotal, descUDPCap, descUDPEvict, descDialTO, descEpActive, descEpTotal, descEpDialFail, descEpEject,
 		descEpEjected, descEpProbes, descListeners, descAcceptErr, descShed, descIdleClosed} {
 		ch <- d
@@ -77,6 +78,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRetries, st.retries.Load(), n, proto)
 		counter(descEarly, st.earlyResets.Load(), n, proto, "all")
 		counter(descEarly, st.replays.Load(), n, proto, "moved")
+		counter(descResetsCut, st.resetsCut.Load(), n, proto)
 		gauge(descUDPActive, float64(st.udpActive.Load()), n, proto)
 		counter(descUDPTotal, st.udpTotal.Load(), n, proto)
 		counter(descUDPCap, st.udpCapDrops.Load(), n, proto)

@@ -76,6 +76,7 @@ type portStats struct {
 	retries     atomic.Uint64 // dial tries that failed and were retried
 	earlyResets atomic.Uint64 // endpoint reset right after connect
 	replays     atomic.Uint64 // connections moved to another endpoint after an early reset
+	resetsCut   atomic.Uint64 // connections reset before the endpoint's answer, passed to the client
 
 	udpActive    atomic.Int64
 	udpTotal     atomic.Uint64

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -230,7 +231,7 @@ func (r *tcpRelay) copyDown() error {
 	}
 	for {
 		r.mu.Lock()
-		committed, bc := r.committed, r.backend
+		committed, bc, be := r.committed, r.backend, r.be
 		r.mu.Unlock()
 		if committed {
 			break
@@ -247,11 +248,15 @@ func (r *tcpRelay) copyDown() error {
 				}
 				return errEarlyReset
 			}
+			r.resetBeforeAnswer(be, bc, err)
 			r.commit()
 			if err == io.EOF {
 				return r.client.CloseWrite()
 			}
 			return err
+		}
+		if h := &be.health; h.resetsInRow.Load() != 0 {
+			h.resetsInRow.Store(0) // it answers
 		}
 		r.commit()
 		r.down += int64(n)
@@ -315,6 +320,40 @@ func (r *tcpRelay) earlyFailure(bc *net.TCPConn, err error) bool {
 		return false
 	}
 	return nothingSent(bc)
+}
+
+// resetBeforeAnswer handles a read error on bc, before the endpoint's first
+// byte, that earlyFailure did not take: the client's bytes had reached the
+// endpoint, so the reset is passed to the client (a replay could run the
+// request twice). But an endpoint that resets Config.EjectAfterResets
+// connections in a row that way, with no answer in between, is ejected: one
+// that accepts and resets everything would otherwise fail a share of the
+// requests for as long as it stays Ready, whenever the client's bytes win
+// the race against its reset (Envoy counts such resets as gateway failures
+// for its consecutive-failure ejection). A close (EOF) is not counted unless
+// a client write found the connection reset: some servers close without
+// answering by design.
+func (r *tcpRelay) resetBeforeAnswer(be *backend, bc *net.TCPConn, err error) {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+	case err == io.EOF:
+		r.mu.Lock()
+		broken := r.upBroken == bc
+		r.mu.Unlock()
+		if !broken {
+			return
+		}
+	default:
+		return
+	}
+	r.ps.stats.resetsCut.Add(1)
+	limit := r.p.cfg.EjectAfterResets
+	if limit <= 0 || r.p.cfg.DisableEjection {
+		return
+	}
+	if n := be.health.resetsInRow.Add(1); n >= int32(limit) {
+		r.p.endpointFailed(r.ps, be, false, fmt.Sprintf("reset %d connections in a row before answering", n), err)
+	}
 }
 
 // nothingSent reports whether no data byte has left this host on c:

@@ -43,6 +43,7 @@ type PortStatus struct {
 	Retries           uint64        `json:"retries"`
 	EarlyResets       uint64        `json:"earlyResets"`
 	Replays           uint64        `json:"replays"`
+	ResetsBeforeReply uint64        `json:"resetsBeforeReply"` // passed to the client, not replayed
 	UDPSessions       int64         `json:"udpSessions"`
 	UDPSessionsTotal  uint64        `json:"udpSessionsTotal"`
 	UDPCapDrops       uint64        `json:"udpCapDrops"`
@@ -88,7 +89,8 @@ func (p *Proxier) portStatusLocked(ps *portState) PortStatus {
 		BytesToEndpoints: ps.stats.bytesUp.Load(), BytesToClients: ps.stats.bytesDown.Load(),
 		NoEndpointResets: ps.stats.noEndpoint.Load(), DialFailureResets: ps.stats.dialFailed.Load(),
 		Retries: ps.stats.retries.Load(), EarlyResets: ps.stats.earlyResets.Load(), Replays: ps.stats.replays.Load(),
-		UDPSessions: ps.stats.udpActive.Load(), UDPSessionsTotal: ps.stats.udpTotal.Load(),
+		ResetsBeforeReply: ps.stats.resetsCut.Load(),
+		UDPSessions:       ps.stats.udpActive.Load(), UDPSessionsTotal: ps.stats.udpTotal.Load(),
 		UDPCapDrops: ps.stats.udpCapDrops.Load(), DialTimeout: p.firstTimeout(ps),
 		Endpoints: []EndpointStatus{},
 	}

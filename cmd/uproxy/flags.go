@@ -76,6 +76,7 @@ type options struct {
 	ShutdownGrace    time.Duration
 	DisableEjection  bool
 	EarlyResetReplay bool
+	EjectAfterResets int // 0: off
 
 	// HealthzRequireAPIServer makes /healthz 503 while the API server has
 	// not answered for 2 x SyncPeriod (off: kube-proxy's semantics).
@@ -128,6 +129,7 @@ func flagSet(raw *rawFlags) *pflag.FlagSet {
 	fs.DurationVar(&raw.shutdownGrace, "shutdown-grace", 20*time.Second, "On SIGTERM/SIGINT, how long established connections may drain before uproxy exits. Portal rules stay in place so a restarted uproxy takes its ports back.")
 	fs.BoolVar(&raw.disableEjection, "disable-ejection", false, "Do not eject failing endpoints (for measurements only).")
 	fs.BoolVar(&raw.earlyResetReplay, "early-reset-replay", true, "Move a connection whose endpoint reset it within 100ms of connect, before any byte of the client's was sent to it, to another endpoint, replaying the client's bytes (up to 64 KiB). A reset after client bytes went out always reaches the client (a replay could duplicate the request). false: such resets reach the client too.")
+	fs.IntVar(&raw.ejectAfterResets, "eject-after-resets", proxy.DefaultEjectAfterResets, "Eject an endpoint that resets this many connections in a row before answering, after the client's bytes had reached it (those resets reach the client: a replay could duplicate the request; an endpoint that accepts and resets everything then stops taking new connections). 0: only connect-level failures eject.")
 	return fs
 }
 
@@ -138,7 +140,7 @@ type rawFlags struct {
 	nodePortAddresses                                                 []string
 	cleanup, profiling, version, disableEjection, bindAddressHardFail bool
 	healthzBindAddress, metricsBindAddress                            string
-	verbosity, udpMaxSessions                                         int
+	verbosity, udpMaxSessions, ejectAfterResets                       int
 	manifests, portalMode, serviceProxyName, logLevel, logFormat      string
 	iptablesBackend, healthSocket, fdHolderSocket                     string
 	checkpointPath                                                    string
@@ -218,6 +220,7 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		ShutdownGrace:       raw.shutdownGrace,
 		DisableEjection:     raw.disableEjection,
 		EarlyResetReplay:    raw.earlyResetReplay,
+		EjectAfterResets:    raw.ejectAfterResets,
 	}
 	var err error
 	if o.BindAddress, err = netip.ParseAddr(raw.bindAddress); err != nil {
@@ -228,6 +231,8 @@ func (raw *rawFlags) validate(fs *pflag.FlagSet) (*options, error) {
 		return nil, fmt.Errorf("invalid --proxy-port-range: %w", err)
 	}
 	switch {
+	case o.EjectAfterResets < 0:
+		return nil, fmt.Errorf("invalid --eject-after-resets %d: must be greater than or equal to 0", o.EjectAfterResets)
 	case o.UDPTimeout <= 0:
 		return nil, fmt.Errorf("invalid --udp-timeout %s: must be greater than 0", o.UDPTimeout)
 	case o.SyncPeriod <= 0:

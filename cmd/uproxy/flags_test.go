@@ -33,6 +33,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		ShutdownGrace:      20 * time.Second,
 		CheckpointPath:     "/var/lib/uproxy/state.json",
 		EarlyResetReplay:   true,
+		EjectAfterResets:   3,
 	}
 	if !reflect.DeepEqual(*o, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", *o, want)
@@ -191,11 +192,16 @@ func TestParseFlags(t *testing.T) {
 			args:  []string{"--early-reset-replay=false"},
 			check: func(o *options) bool { return !o.EarlyResetReplay },
 		},
-		"shutdown grace negative": {args: []string{"--shutdown-grace=-1s"}, wantErr: "invalid --shutdown-grace"},
-		"unknown flag":            {args: []string{"--proxy-mode=iptables"}, wantErr: "unknown flag: --proxy-mode"},
-		"unknown shorthand":       {args: []string{"-x"}, wantErr: "unknown shorthand flag: 'x'"},
-		"positional argument":     {args: []string{"run"}, wantErr: "unexpected argument \"run\""},
-		"missing value":           {args: []string{"--kubeconfig"}, wantErr: "flag needs an argument"},
+		"eject after resets off": {
+			args:  []string{"--eject-after-resets=0"},
+			check: func(o *options) bool { return o.EjectAfterResets == 0 && ejectAfterResets(o.EjectAfterResets) < 0 },
+		},
+		"eject after resets negative": {args: []string{"--eject-after-resets=-1"}, wantErr: "invalid --eject-after-resets -1"},
+		"shutdown grace negative":     {args: []string{"--shutdown-grace=-1s"}, wantErr: "invalid --shutdown-grace"},
+		"unknown flag":                {args: []string{"--proxy-mode=iptables"}, wantErr: "unknown flag: --proxy-mode"},
+		"unknown shorthand":           {args: []string{"-x"}, wantErr: "unknown shorthand flag: 'x'"},
+		"positional argument":         {args: []string{"run"}, wantErr: "unexpected argument \"run\""},
+		"missing value":               {args: []string{"--kubeconfig"}, wantErr: "flag needs an argument"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -137,6 +137,7 @@ func serve(ctx context.Context, stop func(), opts *options, log zerolog.Logger) 
 		UDPMaxSessions:     opts.UDPMaxSessions,
 		DisableEjection:    opts.DisableEjection,
 		NoEarlyResetReplay: !opts.EarlyResetReplay,
+		EjectAfterResets:   ejectAfterResets(opts.EjectAfterResets),
 		ReusePort:          true, // a surging or restarted instance can take the same ports
 		NodeName:           name,
 	}
@@ -348,4 +349,12 @@ func registerAll(reg *prometheus.Registry, cs ...prometheus.Collector) error {
 		}
 	}
 	return nil
+}
+
+// ejectAfterResets maps the flag (0: off) to proxy.Config (negative: off).
+func ejectAfterResets(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -132,7 +132,7 @@ func (w *world) waitPortal(ip, label string, n int) {
 
 // TestEarlyResetReplayRule: an endpoint that read a request and then reset
 // within the early-reset window (100 ms) is not replayed to: each request
-// runs once, the client sees the reset, nothing is ejected. Before issue 15
+// runs once, the client sees the reset; 3 such resets in a row eject it. Before issue 15
 // item 7 the request was replayed to the other endpoint (which ran it
 // too). An endpoint that resets before taking any byte still has the
 // connection moved (and is ejected), unless --early-reset-replay=false.
@@ -158,35 +158,51 @@ func TestEarlyResetReplayRule(t *testing.T) {
 		})
 	}
 
-	run(t, "request read, then reset: runs once, not replayed, nothing ejected", nil, func(t *testing.T) {
-		const n = 20
-		before := counting[0].requests.Load() + counting[1].requests.Load()
-		resets, answered := 0, 0
-		for i := range n {
-			got, err := w.request(net.JoinHostPort(workIP, port), fmt.Sprintf("req-%d", i), 0)
+	// workCase: the endpoints read and count every request, then reset. No
+	// request is replayed (each runs once, the client sees every reset);
+	// with --eject-after-resets (3 by default) each endpoint is ejected
+	// after 3 such resets in a row (while both are ejected, panic mode
+	// picks among them, so every request still reaches one).
+	workCase := func(ejectAfter int) func(t *testing.T) {
+		return func(t *testing.T) {
+			const n = 20
+			before := counting[0].requests.Load() + counting[1].requests.Load()
+			resets, answered := 0, 0
+			for i := range n {
+				got, err := w.request(net.JoinHostPort(workIP, port), fmt.Sprintf("req-%d", i), 0)
+				switch {
+				case errors.Is(err, syscall.ECONNRESET):
+					resets++
+				case got != "":
+					answered++
+				}
+			}
+			ran := counting[0].requests.Load() + counting[1].requests.Load() - before
+			m := w.metrics()
+			moved, _ := metric(m, "uproxy_early_resets_total", workLabel, `outcome="moved"`)
+			cut, _ := metric(m, "uproxy_resets_before_reply_total", workLabel)
+			ejections, _ := metric(m, "uproxy_endpoint_ejections_total", workLabel)
+			summary("early-reset-work", "--eject-after-resets=%d: %d requests to 2 endpoints that read, count, reset: ran %d times (%d + %d), client saw %d resets, %d answers; moved %.0f, resets before reply %.0f, ejections %.0f",
+				ejectAfter, n, ran, counting[0].requests.Load(), counting[1].requests.Load(), resets, answered, moved, cut, ejections)
+			if ran != n {
+				t.Errorf("%d requests ran %d times on the endpoints, want once each", n, ran)
+			}
+			if moved != 0 {
+				t.Errorf("moved %.0f connections; want none", moved)
+			}
+			if resets != n || cut != n {
+				t.Errorf("the client saw %d of %d resets, uproxy counted %.0f", resets, n, cut)
+			}
 			switch {
-			case errors.Is(err, syscall.ECONNRESET):
-				resets++
-			case got != "":
-				answered++
+			case ejectAfter > 0 && ejections < 2:
+				t.Errorf("%.0f ejections with --eject-after-resets=%d; want both endpoints ejected (>= 2)", ejections, ejectAfter)
+			case ejectAfter == 0 && ejections != 0:
+				t.Errorf("%.0f ejections with --eject-after-resets=0; want none", ejections)
 			}
 		}
-		ran := counting[0].requests.Load() + counting[1].requests.Load() - before
-		m := w.metrics()
-		moved, _ := metric(m, "uproxy_early_resets_total", workLabel, `outcome="moved"`)
-		ejections, _ := metric(m, "uproxy_endpoint_ejections_total", workLabel)
-		summary("early-reset-work", "%d requests to 2 endpoints that read, count, reset: ran %d times (%d + %d), client saw %d resets, %d answers; moved %.0f, ejections %.0f",
-			n, ran, counting[0].requests.Load(), counting[1].requests.Load(), resets, answered, moved, ejections)
-		if ran != n {
-			t.Errorf("%d requests ran %d times on the endpoints, want once each", n, ran)
-		}
-		if moved != 0 || ejections != 0 {
-			t.Errorf("moved %.0f connections, ejected %.0f times; want none", moved, ejections)
-		}
-		if resets != n {
-			t.Errorf("the client saw %d of %d resets", resets, n)
-		}
-	})
+	}
+	run(t, "request read, then reset: runs once, not replayed; 3 in a row eject", nil, workCase(3))
+	run(t, "request read, then reset, --eject-after-resets=0: nothing ejected", []string{"--eject-after-resets=0"}, workCase(0))
 
 	moveCase := func(replay bool) func(t *testing.T) {
 		return func(t *testing.T) {
