@@ -217,21 +217,26 @@ func who(t testing.TB, addr string) string {
 	return id
 }
 
-// udpBackend answers every datagram with "<id>:<data>".
+// udpBackend answers every datagram with "<id>:<data>", at once or, made
+// by newSlowUDPBackend, after a delay (a DNS server that asks upstream).
 type udpBackend struct {
-	id   string
-	conn *net.UDPConn
-	hits atomic.Int64
-	done chan struct{}
+	id      string
+	conn    *net.UDPConn
+	delay   time.Duration
+	hits    atomic.Int64
+	done    chan struct{}
+	answers sync.WaitGroup // delayed answers scheduled
 }
 
-func newUDPBackend(t testing.TB, id string) *udpBackend {
+func newUDPBackend(t testing.TB, id string) *udpBackend { return newSlowUDPBackend(t, id, 0) }
+
+func newSlowUDPBackend(t testing.TB, id string, delay time.Duration) *udpBackend {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &udpBackend{id: id, conn: c, done: make(chan struct{})}
+	u := &udpBackend{id: id, conn: c, delay: delay, done: make(chan struct{})}
 	go func() {
 		defer close(u.done)
 		buf := make([]byte, 70000)
@@ -244,7 +249,16 @@ func newUDPBackend(t testing.TB, id string) *udpBackend {
 				continue
 			}
 			u.hits.Add(1)
-			_, _ = c.WriteToUDPAddrPort(append([]byte(id+":"), buf[:n]...), from)
+			reply := append([]byte(id+":"), buf[:n]...)
+			if delay == 0 {
+				_, _ = c.WriteToUDPAddrPort(reply, from)
+				continue
+			}
+			u.answers.Add(1)
+			time.AfterFunc(delay, func() {
+				defer u.answers.Done()
+				_, _ = c.WriteToUDPAddrPort(reply, from)
+			})
 		}
 	}()
 	t.Cleanup(u.close)
@@ -253,9 +267,12 @@ func newUDPBackend(t testing.TB, id string) *udpBackend {
 
 func (u *udpBackend) addr() string { return u.conn.LocalAddr().String() }
 
+// close stops the backend; delayed answers still pending fail on the
+// closed socket.
 func (u *udpBackend) close() {
 	_ = u.conn.Close()
-	<-u.done
+	<-u.done // no answer is scheduled after this
+	u.answers.Wait()
 }
 
 // udpAsk sends msg from c and waits for one answer.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,52 +13,6 @@ import (
 
 	"github.com/uproxy/uproxy/svc"
 )
-
-// slowUDPBackend answers every datagram with "<id>:<data>" after delay, as
-// a DNS server that has to ask upstream.
-type slowUDPBackend struct {
-	conn *net.UDPConn
-	hits atomic.Int64
-}
-
-func newSlowUDPBackend(t testing.TB, id string, delay time.Duration) *slowUDPBackend {
-	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &slowUDPBackend{conn: c}
-	done := make(chan struct{})
-	var answers sync.WaitGroup
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
-			}
-			u.hits.Add(1)
-			reply := append([]byte(id+":"), buf[:n]...)
-			answers.Add(1)
-			time.AfterFunc(delay, func() {
-				defer answers.Done()
-				_, _ = c.WriteToUDPAddrPort(reply, from)
-			})
-		}
-	}()
-	t.Cleanup(func() {
-		_ = c.Close()
-		<-done         // no answer is scheduled after this
-		answers.Wait() // those still pending fail on the closed socket
-	})
-	return u
-}
-
-func (u *slowUDPBackend) addr() string { return u.conn.LocalAddr().String() }
 
 // shuttingDown reports whether Shutdown has decided how every listener
 // closes: it sets closing and stops or steers the UDP listeners under p.mu.
@@ -95,7 +48,7 @@ func readOne(c *net.UDPConn, d time.Duration) (string, error) {
 // awaitingReply starts a Proxier with cfg serving UDP service n from a
 // backend that answers after 300 ms, sends query q1 through it from a new
 // client socket and waits until the backend has it: a reply is awaited.
-func awaitingReply(t *testing.T, n svc.PortName, cfg Config) (*Proxier, *fakePortals, *slowUDPBackend, *net.UDPConn) {
+func awaitingReply(t *testing.T, n svc.PortName, cfg Config) (*Proxier, *fakePortals, *udpBackend, *net.UDPConn) {
 	t.Helper()
 	be := newSlowUDPBackend(t, "slow", 300*time.Millisecond)
 	p, fp := newProxier(t, cfg)
