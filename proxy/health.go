@@ -50,7 +50,8 @@ type backendHealth struct {
 	probing     atomic.Bool  // a probe goroutine runs for this endpoint
 	// resetsInRow counts connections reset before the endpoint's first
 	// byte since its last answer; not cleared by an ejection, so after a
-	// readmission one more such reset ejects again.
+	// probe's readmission one more such reset ejects again (an update of
+	// the endpoint by the API clears it).
 	resetsInRow atomic.Int32
 
 	failures  atomic.Uint64 // endpoint faults seen
@@ -119,6 +120,7 @@ func (p *Proxier) readmit(ps *portState, be *backend, why string, updated bool) 
 	h.lastReadmit.Store(mono())
 	if updated {
 		h.count.Store(0)
+		h.resetsInRow.Store(0)
 	}
 	h.mu.Unlock()
 	if was {

@@ -49,7 +49,13 @@ const (
 //   - UPROXY_STALL_PODS=N deploys N endpoints instead of 3;
 //   - UPROXY_STALL_TWREUSE=1 gives the client tcp_tw_reuse=1 (as the
 //     bench's client), so it reuses its ports within seconds;
-//   - UPROXY_STALL_SHOW=1 logs every connection slower than 250 ms.
+//   - UPROXY_STALL_SHOW=1 logs every connection slower than 250 ms;
+//   - UPROXY_STALL_ENV="K=V ..." adds to uproxy's environment (GOGC=400,
+//     GODEBUG=gctrace=1);
+//   - UPROXY_STALL_CURL=D adds D of real curl loops (4 to each target at
+//     once, curl --max-time 3, the default port range), as the issue
+//     measured, after the connection load; each request over 1 s is logged
+//     and fails the test for uproxy.
 func TestNewConnectionsNeverStall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long: 66,666 new connections, about 2 minutes (runs without -short, as in make test)")
@@ -64,7 +70,7 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.b.StartUproxy(t, bed.UproxyOptions{})
+	w.b.StartUproxy(t, bed.UproxyOptions{Env: strings.Fields(os.Getenv("UPROXY_STALL_ENV"))})
 	w.waitServed(e)
 	w.startHAProxyPortal(haproxyPortal, haproxyPort, pods, 8080)
 	targets := []connTarget{{"uproxy", net.JoinHostPort(e.ip, "80")}, {"haproxy", net.JoinHostPort(haproxyPortal, "80")}}
@@ -129,6 +135,10 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 				t.Logf("%s %s", targets[s.target].name, s)
 			}
 		}
+	}
+	if d, err := time.ParseDuration(os.Getenv("UPROXY_STALL_CURL")); err == nil {
+		w.clientPortRange(t, "32768 60999")
+		w.curlStalls(targets, d)
 	}
 	if len(stalls[0]) == 0 {
 		return
@@ -301,4 +311,30 @@ func (w *world) clientPortRange(t *testing.T, r string) {
 			t.Errorf("restore the client's port range %q: %v", prev, err)
 		}
 	})
+}
+
+// curlStalls runs 4 real curl loops to each target at once for d and
+// reports the requests over stallLimit; those through uproxy fail the test.
+func (w *world) curlStalls(targets []connTarget, d time.Duration) {
+	w.t.Helper()
+	loops := make([]*bed.Loop, len(targets))
+	for i, tg := range targets {
+		loops[i] = w.client.StartLoop(w.ctx, bed.LoopOptions{URL: "http://" + tg.addr + "/", Workers: 4, Duration: d, MaxTime: stallMaxTime})
+	}
+	for i, l := range loops {
+		sum := l.Wait()
+		var slow []string
+		for _, x := range sum.Samples {
+			if x.Dur > stallLimit || !x.OK {
+				slow = append(slow, fmt.Sprintf("%s +%v %s", x.Start.Format("15:04:05.000"), x.Dur.Round(time.Millisecond), x.Detail))
+			}
+		}
+		summary("stall-curl", "%s: %v; %d over %v", targets[i].name, sum, len(slow), stallLimit)
+		if len(slow) > 0 {
+			w.t.Logf("%s curl requests over %v or failed:\n  %s", targets[i].name, stallLimit, strings.Join(slow, "\n  "))
+			if i == 0 {
+				w.t.Errorf("%d curl requests through uproxy failed or took over %v", len(slow), stallLimit)
+			}
+		}
+	}
 }
