@@ -166,7 +166,7 @@ func TestEarlyResetReplayRule(t *testing.T) {
 	workCase := func(ejectAfter int) func(t *testing.T) {
 		return func(t *testing.T) {
 			const n = 20
-			before := counting[0].requests.Load() + counting[1].requests.Load()
+			before0, before1 := counting[0].requests.Load(), counting[1].requests.Load()
 			resets, answered := 0, 0
 			for i := range n {
 				got, err := w.request(net.JoinHostPort(workIP, port), fmt.Sprintf("req-%d", i), 0)
@@ -177,13 +177,14 @@ func TestEarlyResetReplayRule(t *testing.T) {
 					answered++
 				}
 			}
-			ran := counting[0].requests.Load() + counting[1].requests.Load() - before
+			ran0, ran1 := counting[0].requests.Load()-before0, counting[1].requests.Load()-before1
+			ran := ran0 + ran1
 			m := w.metrics()
 			moved, _ := metric(m, "uproxy_early_resets_total", workLabel, `outcome="moved"`)
 			cut, _ := metric(m, "uproxy_resets_before_reply_total", workLabel)
 			ejections, _ := metric(m, "uproxy_endpoint_ejections_total", workLabel)
 			summary("early-reset-work", "--eject-after-resets=%d: %d requests to 2 endpoints that read, count, reset: ran %d times (%d + %d), client saw %d resets, %d answers; moved %.0f, resets before reply %.0f, ejections %.0f",
-				ejectAfter, n, ran, counting[0].requests.Load(), counting[1].requests.Load(), resets, answered, moved, cut, ejections)
+				ejectAfter, n, ran, ran0, ran1, resets, answered, moved, cut, ejections)
 			if ran != n {
 				t.Errorf("%d requests ran %d times on the endpoints, want once each", n, ran)
 			}
