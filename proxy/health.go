@@ -29,7 +29,8 @@ import (
 // Readmission: for TCP only after an active probe made when the ejection
 // time is up succeeds: a TCP connect that is neither reset nor closed by the
 // endpoint within EarlyResetWindow (an endpoint that accepts and resets would
-// pass a bare connect); a failed probe ejects again with the next backoff. For UDP there is no generic probe: once the ejection time is up the
+// pass a bare connect); a failed probe ejects again with the next backoff.
+// For UDP there is no generic probe: once the ejection time is up the
 // endpoint takes sessions again on trial and its next reply readmits it,
 // while a failed trial (ICMP refused) ejects it again. An endpoint whose
 // conditions change in UpdateEndpoints is readmitted at once with a fresh

@@ -103,26 +103,12 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 	// than the default 28,232 client ports: on a quiet machine (850
 	// connections/s) the client ran out ("cannot assign requested
 	// address"). The client namespace gets 1024-65535 for the run.
-	w.clientPortRange(t, "1024 65535")
+	setSysctl(t, w.client.NS, "net.ipv4.ip_local_port_range=1024 65535")
 	if os.Getenv("UPROXY_STALL_TWREUSE") != "" {
-		for _, kv := range []string{"net.ipv4.tcp_tw_reuse=1"} {
-			if _, err := w.client.NS.Output(w.ctx, "sysctl", "-q", "-w", kv); err != nil {
-				t.Fatal(err)
-			}
-		}
+		setSysctl(t, w.client.NS, "net.ipv4.tcp_tw_reuse=1")
 	}
 	for _, kv := range strings.Fields(os.Getenv("UPROXY_STALL_NODE_SYSCTL")) {
-		k, _, _ := strings.Cut(kv, "=")
-		old, err := w.b.Node.Output(w.ctx, "sysctl", "-n", k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.b.Node.Output(w.ctx, "sysctl", "-q", "-w", kv); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_, _ = w.b.Node.Output(context.Background(), "sysctl", "-q", "-w", k+"="+strings.Join(strings.Fields(old), " "))
-		})
+		setSysctl(t, w.b.Node, kv)
 	}
 	before, goBefore := w.stallCounters(), w.metrics()
 	if path := os.Getenv("UPROXY_STALL_PPROF"); path != "" {
@@ -187,7 +173,7 @@ func TestNewConnectionsNeverStall(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("UPROXY_STALL_CURL")); err == nil {
 		curlFor = d
 	}
-	w.clientPortRange(t, "32768 60999") // curl loops as a user runs them
+	setSysctl(t, w.client.NS, "net.ipv4.ip_local_port_range=32768 60999") // curl loops as a user runs them
 	w.curlStalls(targets, curlFor)
 	if len(stalls[0]) == 0 {
 		return
@@ -343,21 +329,22 @@ func (c stallCounters) String() string {
 	return strings.TrimSpace(sb.String())
 }
 
-// clientPortRange sets the client namespace's ip_local_port_range for the
-// test and puts the previous one back at cleanup (the client may be shared).
-func (w *world) clientPortRange(t *testing.T, r string) {
+// setSysctl sets kv ("key=value") in ns for the test and puts the previous
+// value back at cleanup (the namespace may be shared).
+func setSysctl(t *testing.T, ns *bed.Netns, kv string) {
 	t.Helper()
-	old, err := w.client.NS.Output(w.ctx, "sysctl", "-n", "net.ipv4.ip_local_port_range")
+	k, _, _ := strings.Cut(kv, "=")
+	old, err := ns.Output(context.Background(), "sysctl", "-n", k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.client.NS.Output(w.ctx, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range="+r); err != nil {
+	if _, err := ns.Output(context.Background(), "sysctl", "-q", "-w", kv); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		prev := strings.Join(strings.Fields(old), " ")
-		if _, err := w.client.NS.Output(context.Background(), "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range="+prev); err != nil {
-			t.Errorf("restore the client's port range %q: %v", prev, err)
+		prev := k + "=" + strings.Join(strings.Fields(old), " ")
+		if _, err := ns.Output(context.Background(), "sysctl", "-q", "-w", prev); err != nil {
+			t.Errorf("restore %s: %v", prev, err)
 		}
 	})
 }
