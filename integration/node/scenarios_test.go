@@ -186,13 +186,18 @@ func (w *world) restartUproxy(c *bed.PodClient, pod, sig string) {
 	t := w.t
 	t.Helper()
 	before := w.restarts(pod)
+	// killed is when the signal had certainly been delivered: the call
+	// returned. Sending it runs the runtime's client, whose own start took
+	// over 100 ms on the loaded CI machine: a request that started 76 ms
+	// after the call began was still relayed by the process being killed.
 	var killed time.Time
 	s := w.loopFor(c, seedURL, func() {
 		say("uproxy container of %s sent %s", pod, sig)
-		killed = time.Now()
 		if err := w.b.SignalContainer(w.ctx, uproxyNS, pod, "uproxy", sig); err != nil {
 			t.Fatal(err)
 		}
+		killed = time.Now()
+		say("signal delivered")
 		ctx, cancel := context.WithTimeout(w.ctx, 2*time.Minute)
 		defer cancel()
 		if err := bed.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
